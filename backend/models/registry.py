@@ -1,0 +1,333 @@
+"""The one place where foundation models are built: a small registry of named presets.
+
+A preset is data: which architecture and weights each of the five foundation models uses, plus
+the method settings that suit it (feature resolutions a CPU can afford, say). ``load_models``
+returns a :class:`FoundationModels` whose members load lazily, once per process.
+
+    >>> models = load_models("tiny")        # nothing is built yet
+    >>> models.clip.encode_text(["a cat"])  # builds CLIP now
+
+Presets:
+    ``paper``: the papers' models: CLIP ViT-L/14@336 (OpenAI), DINO ViT-S/8, GPT-2 medium,
+        SAM ViT-H, DINOv2 ViT-L/14.
+    ``cpu``: what serves a CPU user: CLIP ViT-B/16 (OpenAI), DINO ViT-S/8 at a coarser stride,
+        GPT-2 (124M), SAM ViT-B, DINOv2 ViT-S/14.
+    ``tiny``: the same architectures at tiny widths and depths with seeded random weights, built
+        in well under a second: tests only. Everything computed with it says so.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .weights import MissingWeightsError, local_weights_path
+
+__all__ = [
+    "ClipSpec",
+    "TimmSpec",
+    "SamSpec",
+    "Preset",
+    "PRESETS",
+    "list_presets",
+    "get_preset",
+    "resolve_device",
+    "FoundationModels",
+    "load_models",
+]
+
+_CONFIG_DIR = Path(__file__).with_name("configs")
+TINY_SEED = 0
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """An open_clip model: architecture name and ``pretrained`` tag (None: random weights)."""
+
+    arch: str
+    pretrained: str | None
+    env_var: str = "CLIP_WEIGHTS"
+
+
+@dataclass(frozen=True)
+class TimmSpec:
+    """A timm model: ``name`` (``architecture.tag``), extra constructor arguments, weights variable."""
+
+    name: str
+    env_var: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    """A segment-anything model: registry kind (``vit_h``, ``vit_b``, or ``tiny``) and checkpoint."""
+
+    kind: str
+    checkpoint: str | None  # canonical file name of the official checkpoint
+    env_var: str = "SAM_CHECKPOINT"
+    automatic_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named choice of the five foundation models, and method settings that suit them.
+
+    Attributes:
+        name, description: what the preset is for.
+        clip, dino, dinov2, sam: the vision models.
+        language: GPT-2 variant for ZeroCap (``gpt2-medium``, ``gpt2``, ``tiny``).
+        random_weights: True for ``tiny`` only; nothing is loaded from disk or a hub.
+        method_overrides: per method (``"zeroguide"``, ``"fmbseg"``), settings fields that replace
+            the papers' defaults with this preset (e.g. a coarser DINO stride on a CPU).
+    """
+
+    name: str
+    description: str
+    clip: ClipSpec
+    dino: TimmSpec
+    dinov2: TimmSpec
+    sam: SamSpec
+    language: str
+    random_weights: bool = False
+    method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset(
+        name="paper",
+        description="The papers' models (GPU): CLIP ViT-L/14@336, DINO ViT-S/8, GPT-2 medium, SAM ViT-H, DINOv2 ViT-L/14.",
+        clip=ClipSpec("ViT-L-14-336-quickgelu", "openai"),
+        dino=TimmSpec("vit_small_patch8_224.dino", "DINO_WEIGHTS"),
+        dinov2=TimmSpec("vit_large_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
+        sam=SamSpec("vit_h", "sam_vit_h_4b8939.pth"),
+        language="gpt2-medium",
+    ),
+    "cpu": Preset(
+        name="cpu",
+        description="Serves a CPU user: CLIP ViT-B/16, DINO ViT-S/8 (stride 4), GPT-2, SAM ViT-B, DINOv2 ViT-S/14.",
+        clip=ClipSpec("ViT-B-16-quickgelu", "openai"),
+        dino=TimmSpec("vit_small_patch8_224.dino", "DINO_WEIGHTS"),
+        dinov2=TimmSpec("vit_small_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
+        sam=SamSpec("vit_b", "sam_vit_b_01ec64.pth"),
+        language="gpt2",
+        method_overrides={
+            # 55x55 DINO keys instead of 109x109: 1 s instead of ~15 s on 2 cores, Ward in 0.7 s.
+            "zeroguide": {"dino_stride": 4},
+            # 4 crops of 224 on ViT-B/16 (56x56 map) instead of 36 crops for 1344.
+            "fmbseg": {"clip_image_size": 448, "sam_points_per_side": 16},
+        },
+    ),
+    "tiny": Preset(
+        name="tiny",
+        description="Tiny architectures with seeded random weights: tests only.",
+        clip=ClipSpec("zg-tiny-clip", None),
+        dino=TimmSpec("vit_small_patch8_224", "DINO_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}),
+        dinov2=TimmSpec(
+            "vit_small_patch14_dinov2", "DINOV2_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 112}
+        ),
+        sam=SamSpec("tiny", None, automatic_overrides={"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}),
+        language="tiny",
+        random_weights=True,
+        method_overrides={
+            "zeroguide": {"dino_image_size": 64, "dino_stride": 4, "n_clusters": 6},
+            "fmbseg": {"clip_image_size": 128, "dinov2_image_size": 112, "sam_image_size": 128, "sam_points_per_side": 4},
+        },
+    ),
+}
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """The preset of that name; unknown names list the valid ones."""
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(list_presets())}") from None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else the ``DEVICE`` environment variable, else CUDA when present, else CPU."""
+    choice = device or os.environ.get("DEVICE", "").strip() or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class _seeded:
+    """Seed torch's global generator inside the block and restore it after (tiny weights)."""
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+
+    def __enter__(self):
+        if self.seed is not None:
+            self._fork = torch.random.fork_rng(devices=[])
+            self._fork.__enter__()
+            torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        if self.seed is not None:
+            self._fork.__exit__(*exc)
+
+
+# ------------------------------------------------------------------------------ builders
+def _build_clip(spec: ClipSpec, device: torch.device):
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    from .clip import ClipModel
+
+    if spec.arch not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR)
+    description = f"CLIP {spec.arch}" + (f" ({spec.pretrained})" if spec.pretrained else "")
+    pretrained = None
+    if spec.pretrained is not None:
+        path = local_weights_path(spec.env_var, description, f"open_clip weights for {spec.arch}")
+        pretrained = str(path) if path else spec.pretrained
+    try:
+        model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device)
+    except Exception as error:  # a hub that cannot be reached, a corrupt file, ...
+        expected = f"open_clip pretrained={pretrained!r} (a file such as open_clip_pytorch_model.bin or the tag's download)"
+        raise MissingWeightsError(description, expected, spec.env_var, cause=str(error)) from error
+    mean = getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
+    name = f"{spec.arch}:{spec.pretrained or 'random'}"
+    return ClipModel(model, open_clip.get_tokenizer(spec.arch), name=name, mean=mean, std=std)
+
+
+def _build_timm(spec: TimmSpec, device: torch.device, random_weights: bool, **extra):
+    import timm
+
+    kwargs: dict[str, Any] = {"num_classes": 0, **extra, **spec.overrides}
+    pretrained = not random_weights
+    if pretrained:
+        path = local_weights_path(spec.env_var, f"timm {spec.name}", "a timm checkpoint file")
+        if path is not None:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
+    except Exception as error:
+        expected = f"timm weights for {spec.name} (Hugging Face hub id timm/{spec.name}, or a local file)"
+        raise MissingWeightsError(f"timm {spec.name}", expected, spec.env_var, cause=str(error)) from error
+    return model.to(device).eval()
+
+
+def _build_sam(spec: SamSpec, device: torch.device):
+    from .sam import SamModels, build_tiny_sam
+
+    if spec.kind == "tiny":
+        return SamModels(build_tiny_sam().to(device), name="sam:tiny", automatic_overrides=dict(spec.automatic_overrides))
+    from segment_anything import sam_model_registry
+
+    description = f"SAM {spec.kind}"
+    path = local_weights_path(spec.env_var, description, spec.checkpoint or "a SAM checkpoint")
+    if path is None and os.environ.get("WEIGHTS_DIR"):
+        candidate = Path(os.environ["WEIGHTS_DIR"]).expanduser() / str(spec.checkpoint)
+        path = candidate if candidate.exists() else None
+    if path is None:
+        raise MissingWeightsError(description, f"the checkpoint file {spec.checkpoint}", spec.env_var)
+    model = sam_model_registry[spec.kind](checkpoint=None)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as error:
+        raise MissingWeightsError(description, f"a valid {spec.checkpoint} at {path}", spec.env_var, cause=str(error)) from error
+    return SamModels(model.to(device).eval(), name=f"sam:{spec.kind}", automatic_overrides=dict(spec.automatic_overrides))
+
+
+class FoundationModels:
+    """The five foundation models of one preset, each built on first use (thread-safe).
+
+    Attributes are properties: ``clip``, ``dino``, ``dinov2``, ``sam``, ``language``, ``sentence``.
+    """
+
+    def __init__(self, preset: str | Preset, device: str | torch.device | None = None):
+        self.preset = get_preset(preset)
+        self.device = resolve_device(device)
+        self._built: dict[str, Any] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.preset.random_weights
+
+    def _get(self, part: str, build) -> Any:
+        with self._lock:
+            if part not in self._built:
+                with _seeded(TINY_SEED if self.is_tiny else None):
+                    self._built[part] = build()
+            return self._built[part]
+
+    def loaded(self) -> list[str]:
+        """Names of the parts built so far."""
+        with self._lock:
+            return sorted(self._built)
+
+    @property
+    def clip(self):
+        return self._get("clip", lambda: _build_clip(self.preset.clip, self.device))
+
+    @property
+    def dino(self):
+        from .dino import DinoKeyExtractor
+
+        spec = self.preset.dino
+        return self._get("dino", lambda: DinoKeyExtractor(_build_timm(spec, self.device, self.is_tiny), spec.name))
+
+    @property
+    def dinov2(self):
+        from .dino import Dinov2Extractor
+
+        spec = self.preset.dinov2
+        build = lambda: Dinov2Extractor(  # noqa: E731
+            _build_timm(spec, self.device, self.is_tiny, dynamic_img_size=True), spec.name
+        )
+        return self._get("dinov2", build)
+
+    @property
+    def sam(self):
+        return self._get("sam", lambda: _build_sam(self.preset.sam, self.device))
+
+    @property
+    def language(self):
+        from .language import build_language_model
+
+        return self._get("language", lambda: build_language_model(self.preset.language, device=self.device))
+
+    @property
+    def sentence(self):
+        from .sentence import load_sentence_embedder
+
+        return self._get("sentence", lambda: load_sentence_embedder(device="cpu"))
+
+    def load(self, parts: tuple[str, ...] = ("clip", "dino", "dinov2", "sam")) -> "FoundationModels":
+        """Build the named parts now (e.g. in a background thread at service start)."""
+        for part in parts:
+            getattr(self, part)
+        return self
+
+    def method_overrides(self, method: str) -> dict[str, Any]:
+        """This preset's settings overrides for ``method`` (``"zeroguide"`` or ``"fmbseg"``)."""
+        return dict(self.preset.method_overrides.get(method, {}))
+
+
+_LOADED: dict[tuple[str, str], FoundationModels] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_models(preset: str | Preset = "cpu", device: str | torch.device | None = None) -> FoundationModels:
+    """The process-wide :class:`FoundationModels` for ``preset`` on ``device`` (built lazily)."""
+    resolved = get_preset(preset)
+    key = (resolved.name, str(resolve_device(device)))
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = FoundationModels(resolved, key[1])
+        return _LOADED[key]

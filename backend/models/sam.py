@@ -1,0 +1,118 @@
+"""Segment Anything (segment-anything 1.0): point-prompted masks and automatic masks."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from .images import check_image
+
+__all__ = ["SamModels", "build_tiny_sam", "PointPromptResult"]
+
+
+def build_tiny_sam(image_size: int = 256) -> torch.nn.Module:
+    """SAM's architecture at a tiny size (random weights): tests only."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    prompt_dim, patch = 32, 16
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size,
+            patch_size=patch,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            mlp_ratio=2,
+            out_chans=prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=4,
+            global_attn_indexes=(1,),
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_dim,
+            image_embedding_size=(image_size // patch, image_size // patch),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=4,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2),
+            transformer_dim=prompt_dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    return sam.eval()
+
+
+@dataclass
+class PointPromptResult:
+    """SAM's answer to one set of point prompts.
+
+    Attributes:
+        masks: (3, H, W) bool, SAM's three candidate masks at image resolution.
+        scores: (3,) predicted IoU of each mask (SAM's confidence).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def best(self) -> np.ndarray:
+        """The most confident of the three masks, (H, W) bool."""
+        return self.masks[int(np.argmax(self.scores))]
+
+
+@dataclass
+class SamModels:
+    """A SAM model with the two ways the methods query it.
+
+    Attributes:
+        model: the ``segment_anything.modeling.Sam``.
+        name: registry kind and weights, e.g. ``"vit_b"``.
+        automatic_overrides: keyword arguments for ``SamAutomaticMaskGenerator`` that this model
+            forces over the caller's (the ``tiny`` preset's random weights keep no mask unless
+            both thresholds are 0).
+    """
+
+    model: torch.nn.Module
+    name: str
+    automatic_overrides: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def predict_points(self, image: np.ndarray, points_xy: np.ndarray) -> PointPromptResult:
+        """Three masks for positive point prompts ``points_xy`` (P, 2) in image pixel coordinates."""
+        from segment_anything import SamPredictor
+
+        check_image(image)
+        points_xy = np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
+        if len(points_xy) == 0:
+            raise ValueError("at least one point prompt is needed")
+        with self._lock, torch.inference_mode():
+            predictor = SamPredictor(self.model)
+            predictor.set_image(image)
+            masks, scores, _ = predictor.predict(
+                point_coords=points_xy, point_labels=np.ones(len(points_xy), dtype=np.int64), multimask_output=True
+            )
+        return PointPromptResult(masks=masks.astype(bool), scores=scores.astype(np.float32))
+
+    def automatic_masks(self, image: np.ndarray, **settings: Any) -> list[dict[str, Any]]:
+        """SAM's automatic masks: ``SamAutomaticMaskGenerator(model, **settings).generate(image)``.
+
+        Each record has ``segmentation`` ((H, W) bool), ``area``, ``bbox``, ``predicted_iou``,
+        ``stability_score``. ``settings`` are the generator's own keyword arguments.
+        """
+        from segment_anything import SamAutomaticMaskGenerator
+
+        check_image(image)
+        options = {**settings, **self.automatic_overrides}
+        with self._lock, torch.inference_mode():
+            generator = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **options)
+            return generator.generate(image)

@@ -1,0 +1,19 @@
+"""Shared test set-up: no model hub, few threads, the tiny preset."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """The ``tiny`` preset (seeded random weights), shared by the whole session."""
+    from backend.models import load_models
+
+    return load_models("tiny", device="cpu")
