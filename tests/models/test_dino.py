@@ -1,0 +1,62 @@
+"""DINO keys with a dense stride, checked against timm's own forward pass."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models.dino import IMAGENET_MEAN, IMAGENET_STD
+from backend.models.images import image_to_tensor
+
+
+@pytest.fixture(scope="module")
+def image():
+    return (np.random.RandomState(3).rand(40, 52, 3) * 255).astype(np.uint8)
+
+
+def _timm_keys(model, pixels):
+    """Keys of the last block via a forward hook on its qkv projection (the standard recipe)."""
+    captured = {}
+    hook = model.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.setdefault("qkv", o))
+    with torch.no_grad():
+        model.forward_features(pixels)
+    hook.remove()
+    qkv = captured["qkv"]
+    b, n, _ = qkv.shape
+    return qkv.reshape(b, n, 3, -1)[:, 1:, 1]
+
+
+def test_stride_equal_to_patch_matches_timm(tiny_models, image):
+    dino = tiny_models.dino
+    size = 64
+    pixels = image_to_tensor(image, (size, size), IMAGENET_MEAN, IMAGENET_STD)[None]
+    want = _timm_keys(dino.model, pixels)[0]
+    got = dino(image, size, stride=dino.patch_size)
+    assert got.shape == (8, 8, dino.embed_dim)
+    assert torch.allclose(got.reshape(64, -1), want, atol=1e-5)
+
+
+def test_dense_stride_keeps_positions_of_the_coarse_grid(tiny_models, image):
+    """With stride P/2, every other token sits exactly where a stride-P token sits."""
+    dino = tiny_models.dino
+    grid = dino._position_embeddings(15)[0, 1:].reshape(15, 15, -1)
+    base = dino.model.pos_embed[0, 1:].reshape(8, 8, -1)
+    assert torch.allclose(grid[::2, ::2], base, atol=1e-5)
+    assert dino(image, 64, 4).shape == (15, 15, dino.embed_dim)
+
+
+def test_dinov2_patch_tokens(tiny_models, image):
+    dinov2 = tiny_models.dinov2
+    pixels = image_to_tensor(image, (112, 112), IMAGENET_MEAN, IMAGENET_STD)[None]
+    with torch.no_grad():
+        want = dinov2.model.forward_features(pixels)[0, 1:]
+    assert torch.allclose(dinov2(image, 112).reshape(64, -1), want, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        dinov2(image, 100)
+
+
+def test_sam_automatic_masks_tiny(tiny_models, image):
+    records = tiny_models.sam.automatic_masks(image, points_per_side=4, pred_iou_thresh=0.97)
+    assert records, "the tiny preset forces SAM's thresholds to 0 so masks come back"
+    for record in records:
+        assert record["segmentation"].shape == image.shape[:2]
+        assert record["segmentation"].dtype == bool

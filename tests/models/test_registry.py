@@ -1,0 +1,114 @@
+"""The registry: presets, shapes of every model, clear errors for missing weights."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models import MissingWeightsError, get_preset, list_presets, load_models
+from backend.models.dino import dense_grid_size
+from backend.models.registry import FoundationModels
+
+
+def test_presets_and_unknown_name():
+    assert list_presets() == ["cpu", "paper", "tiny"]
+    with pytest.raises(ValueError, match="choose one of cpu, paper, tiny"):
+        get_preset("huge")
+
+
+def test_paper_preset_names_the_papers_models():
+    paper = get_preset("paper")
+    assert paper.clip.arch == "ViT-L-14-336-quickgelu" and paper.clip.pretrained == "openai"
+    assert paper.dino.name == "vit_small_patch8_224.dino"
+    assert paper.dinov2.name == "vit_large_patch14_dinov2.lvd142m"
+    assert paper.sam.kind == "vit_h" and paper.language == "gpt2-medium"
+
+
+def test_load_models_is_lazy_and_cached():
+    models = load_models("tiny", device="cpu")
+    assert load_models("tiny", device="cpu") is models
+    fresh = FoundationModels("tiny", device="cpu")
+    assert fresh.loaded() == []
+
+
+def test_tiny_weights_are_seeded():
+    a = FoundationModels("tiny", device="cpu").dino.model.pos_embed
+    b = FoundationModels("tiny", device="cpu").dino.model.pos_embed
+    assert torch.equal(a, b)
+
+
+def test_tiny_shapes(tiny_models):
+    image = np.zeros((40, 60, 3), dtype=np.uint8)
+    clip = tiny_models.clip
+    assert clip.encode_image(image).shape == (clip.embed_dim,)
+    assert tiny_models.dino(image, 64, 4).shape == (15, 15, tiny_models.dino.embed_dim)
+    assert tiny_models.dinov2(image, 112).shape == (8, 8, tiny_models.dinov2.embed_dim)
+    result = tiny_models.sam.predict_points(image, np.array([[5.0, 5.0]]))
+    assert result.masks.shape == (3, 40, 60) and result.scores.shape == (3,)
+    assert result.best.shape == (40, 60)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_real_architectures_shapes_on_meta_device(preset):
+    """The paper and cpu architectures, built with random weights on the meta device (no memory)."""
+    import open_clip
+    import timm
+
+    spec = get_preset(preset)
+    expected = {"cpu": (224, 16, 12, 512, 384, 384), "paper": (336, 14, 24, 768, 384, 1024)}[preset]
+    size, patch, depth, dim, dino_dim, dinov2_dim = expected
+    with torch.device("meta"):
+        model = open_clip.create_model(spec.clip.arch, pretrained=None, device="meta")
+        assert model.visual.image_size[0] == size and model.visual.patch_size[0] == patch
+        assert len(model.visual.transformer.resblocks) == depth
+        assert model.encode_image(torch.empty(1, 3, size, size)).shape == (1, dim)
+        dino = timm.create_model(spec.dino.name, pretrained=False, num_classes=0)
+        assert dino.forward_features(torch.empty(1, 3, 224, 224)).shape == (1, 1 + 28 * 28, dino_dim)
+        dinov2 = timm.create_model(spec.dinov2.name, pretrained=False, num_classes=0, dynamic_img_size=True)
+        assert dinov2.forward_features(torch.empty(1, 3, 518, 518)).shape == (1, 1 + 37 * 37, dinov2_dim)
+
+
+def test_dense_grid_size():
+    assert dense_grid_size(224, 8, 2) == 109
+    assert dense_grid_size(224, 8, 4) == 55
+    assert dense_grid_size(224, 8, 8) == 28
+    with pytest.raises(ValueError, match="multiple of the stride"):
+        dense_grid_size(225, 8, 2)
+
+
+def test_missing_sam_checkpoint_names_file_and_variable(monkeypatch):
+    monkeypatch.delenv("SAM_CHECKPOINT", raising=False)
+    monkeypatch.delenv("WEIGHTS_DIR", raising=False)
+    with pytest.raises(MissingWeightsError) as error:
+        FoundationModels("cpu", device="cpu").sam
+    assert "sam_vit_b_01ec64.pth" in str(error.value) and "SAM_CHECKPOINT" in str(error.value)
+
+
+def test_env_var_pointing_nowhere_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DINO_WEIGHTS", str(tmp_path / "nope.pth"))
+    with pytest.raises(MissingWeightsError) as error:
+        FoundationModels("cpu", device="cpu").dino
+    assert "DINO_WEIGHTS" in str(error.value) and "nope.pth" in str(error.value)
+
+
+def test_unreachable_hub_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("CLIP_WEIGHTS", raising=False)
+    with pytest.raises(MissingWeightsError) as error:
+        FoundationModels("cpu", device="cpu").clip
+    assert "CLIP_WEIGHTS" in str(error.value) and "openai" in str(error.value)
+
+
+def test_device_from_environment(monkeypatch):
+    from backend.models import resolve_device
+
+    monkeypatch.setenv("DEVICE", "cpu")
+    assert resolve_device() == torch.device("cpu")
+    assert resolve_device("meta") == torch.device("meta")
+
+
+def test_sentence_embedder_is_real(tiny_models):
+    sims = tiny_models.sentence.similarity(["cat"], ["kitten", "car"])[0]
+    assert sims[0] > sims[1] + 0.2
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
