@@ -1,0 +1,172 @@
+"""Segment map to image resolution, with optional DenseCRF refinement (zero-guidance appendix B).
+
+Appendix B: "Following Amir et al, the segmentation map is then up-sampled to input resolution
+and refined using DenseCRF [Krähenbühl and Koltun]. The Unary Energy is set as the normalized
+distance of each feature vector to all k centroids, and the pairwise connection is
+fully-connected. Pairwise edge potentials are Gaussian kernels with location (pixel coordinates)
+as feature and Bilateral kernels with location and RGB values as features."
+
+As in Amir et al.'s ``part_cosegmentation.py`` and the zero-guidance authors' code:
+
+- features are L2-normalised; centroid k is the mean normalised feature of segment k;
+- unary energy ``U_k(p) = ||f_p - c_k||^2 - max_j ||f_p - c_j||^2`` on the feature grid, then
+  nearest-neighbour upsampled to the image (subtracting the per-pixel maximum does not change the
+  CRF; it only keeps the numbers <= 0);
+- ``DIAG_KERNEL`` and ``NORMALIZE_SYMMETRIC`` for both kernels, 10 mean-field iterations,
+  Gaussian sxy 1 / compat 25, bilateral sxy 5 / srgb 13 / compat 100 (the zero-guidance code;
+  Amir et al. use sxy 3 / compat 50 and compat 15);
+- the label of a pixel is the argmax of the CRF marginals, so every pixel gets exactly one segment.
+  A segment may lose all its pixels; :func:`backend.zeroguide.clustering.masks_from_label_map`
+  leaves it out and merging (section 3.4) treats it as gone (see ``docs/zeroguide-segments.md``).
+
+``pydensecrf2`` (import name ``pydensecrf``) is imported only when the CRF runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .clustering import as_numpy, normalize_rows
+
+__all__ = ["centroid_distance_unary", "densecrf_refine", "upsample_label_map", "upsample_nearest"]
+
+
+def upsample_nearest(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of the first two axes: out[y, x] = grid[y*h // H, x*w // W].
+
+    Args:
+        grid: (h, w, ...) array.
+        size: (H, W) output size.
+
+    Returns:
+        (H, W, ...) array of the same dtype (``torch.nn.Upsample(mode="nearest")`` indexing).
+    """
+    grid = as_numpy(grid)
+    out_height, out_width = (int(v) for v in size)
+    if grid.ndim < 2:
+        raise ValueError(f"grid must have at least 2 dims (h, w, ...), got shape {grid.shape}")
+    if out_height < 1 or out_width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    height, width = grid.shape[:2]
+    rows = (np.arange(out_height) * height) // out_height
+    cols = (np.arange(out_width) * width) // out_width
+    return grid[rows[:, None], cols[None, :]]
+
+
+def upsample_label_map(label_map, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) int grid label map -> (H, W) int64 at image resolution, nearest neighbour."""
+    label_map = as_numpy(label_map)
+    if label_map.ndim != 2:
+        raise ValueError(f"label_map must be (h, w), got shape {label_map.shape}")
+    return upsample_nearest(label_map.astype(np.int64, copy=False), size)
+
+
+def centroid_distance_unary(features, label_map, *, normalize_features: bool = True) -> np.ndarray:
+    """Unary energy of each grid cell for each segment: squared distance to the segment's centroid.
+
+    ``U_k(p) = ||f_p - c_k||^2 - max_j ||f_p - c_j||^2``, ``c_k`` = mean (normalised) feature of
+    the cells labelled k. Lower energy = more likely.
+
+    Args:
+        features: (h, w, C) dense DINO features.
+        label_map: (h, w) int in [0, K); every label must own at least one cell.
+        normalize_features: L2-normalise features first (Amir et al.).
+
+    Returns:
+        (h, w, K) float32 energies, each <= 0.
+    """
+    features = as_numpy(features)
+    label_map = as_numpy(label_map)
+    if features.ndim != 3:
+        raise ValueError(f"features must be (h, w, C), got shape {features.shape}")
+    if label_map.shape != features.shape[:2]:
+        raise ValueError(f"label_map {label_map.shape} must match the feature grid {features.shape[:2]}")
+    height, width, channels = features.shape
+    points = features.reshape(-1, channels).astype(np.float64)
+    if normalize_features:
+        points = normalize_rows(points)
+    labels = label_map.reshape(-1).astype(np.int64)
+    if labels.min() < 0:
+        raise ValueError("label_map must not contain negative labels")
+    n_labels = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=n_labels)
+    if np.any(counts == 0):
+        raise ValueError(f"labels {np.nonzero(counts == 0)[0].tolist()} own no grid cell: no centroid")
+    centroids = np.zeros((n_labels, channels))
+    np.add.at(centroids, labels, points)
+    centroids /= counts[:, None]
+    # ||f - c||^2 = ||f||^2 + ||c||^2 - 2 f.c
+    squared = (points**2).sum(1)[:, None] + (centroids**2).sum(1)[None, :] - 2.0 * points @ centroids.T
+    squared = np.maximum(squared, 0.0)
+    energy = squared - squared.max(axis=1, keepdims=True)
+    return energy.reshape(height, width, n_labels).astype(np.float32)
+
+
+def densecrf_refine(
+    image,
+    features,
+    label_map,
+    *,
+    iterations: int = 10,
+    gaussian_sxy: float = 1.0,
+    gaussian_compat: float = 25.0,
+    bilateral_sxy: float = 5.0,
+    bilateral_srgb: float = 13.0,
+    bilateral_compat: float = 100.0,
+    normalize_features: bool = True,
+) -> np.ndarray:
+    """Refine a grid segment map at image resolution with a fully connected CRF (appendix B).
+
+    Args:
+        image: (H, W, 3) uint8 RGB, the image the features were computed from (any resolution).
+        features: (h, w, C) dense DINO features.
+        label_map: (h, w) int in [0, K), e.g. ``SegmentCandidates.label_map``.
+        iterations: mean-field iterations (authors' code: 10).
+        gaussian_sxy, gaussian_compat: location-only kernel (authors' code: 1, 25).
+        bilateral_sxy, bilateral_srgb, bilateral_compat: location + RGB kernel (authors' code:
+            5, 13, 100).
+        normalize_features: L2-normalise the features for the unary (Amir et al.).
+
+    Returns:
+        (H, W) int64 in [0, K): each pixel's segment. Some labels may no longer occur.
+    """
+    image = as_numpy(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    for name, value in (
+        ("gaussian_sxy", gaussian_sxy),
+        ("bilateral_sxy", bilateral_sxy),
+        ("bilateral_srgb", bilateral_srgb),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if gaussian_compat < 0 or bilateral_compat < 0:
+        raise ValueError("CRF compatibilities must be >= 0")
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise RuntimeError("DenseCRF refinement needs the 'pydensecrf2' package (pip install pydensecrf2)") from error
+
+    height, width = image.shape[:2]
+    grid_energy = centroid_distance_unary(features, label_map, normalize_features=normalize_features)
+    n_labels = grid_energy.shape[2]
+    if n_labels == 1:
+        return np.zeros((height, width), dtype=np.int64)
+    energy = upsample_nearest(grid_energy, (height, width))  # (H, W, K)
+    crf = dcrf.DenseCRF2D(width, height, n_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(energy.reshape(-1, n_labels).T, dtype=np.float32))
+    crf.addPairwiseGaussian(
+        sxy=gaussian_sxy, compat=gaussian_compat, kernel=dcrf.DIAG_KERNEL, normalization=dcrf.NORMALIZE_SYMMETRIC
+    )
+    crf.addPairwiseBilateral(
+        sxy=bilateral_sxy,
+        srgb=bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
+        compat=bilateral_compat,
+        kernel=dcrf.DIAG_KERNEL,
+        normalization=dcrf.NORMALIZE_SYMMETRIC,
+    )
+    marginals = np.asarray(crf.inference(iterations))  # (K, H*W)
+    return np.argmax(marginals, axis=0).reshape(height, width).astype(np.int64)
