@@ -89,19 +89,26 @@ class SamModels:
 
     def predict_points(self, image: np.ndarray, points_xy: np.ndarray) -> PointPromptResult:
         """Three masks for positive point prompts ``points_xy`` (P, 2) in image pixel coordinates."""
+        return self.predict_point_sets(image, [points_xy])[0]
+
+    def predict_point_sets(self, image: np.ndarray, point_sets: list[np.ndarray]) -> list[PointPromptResult]:
+        """One :class:`PointPromptResult` per set of positive points; the image is embedded once."""
         from segment_anything import SamPredictor
 
         check_image(image)
-        points_xy = np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
-        if len(points_xy) == 0:
-            raise ValueError("at least one point prompt is needed")
+        point_sets = [np.asarray(points, dtype=np.float32).reshape(-1, 2) for points in point_sets]
+        if any(len(points) == 0 for points in point_sets):
+            raise ValueError("every set of point prompts needs at least one point")
+        results = []
         with self._lock, torch.inference_mode():
             predictor = SamPredictor(self.model)
             predictor.set_image(image)
-            masks, scores, _ = predictor.predict(
-                point_coords=points_xy, point_labels=np.ones(len(points_xy), dtype=np.int64), multimask_output=True
-            )
-        return PointPromptResult(masks=masks.astype(bool), scores=scores.astype(np.float32))
+            for points in point_sets:
+                masks, scores, _ = predictor.predict(
+                    point_coords=points, point_labels=np.ones(len(points), dtype=np.int64), multimask_output=True
+                )
+                results.append(PointPromptResult(masks=masks.astype(bool), scores=scores.astype(np.float32)))
+        return results
 
     def automatic_masks(self, image: np.ndarray, **settings: Any) -> list[dict[str, Any]]:
         """SAM's automatic masks: ``SamAutomaticMaskGenerator(model, **settings).generate(image)``.

@@ -1,0 +1,202 @@
+"""The zero-guidance segmentation facade: image in, named segments out (sections 3.1-3.4)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..models.images import check_image
+from .clustering import find_segment_candidates
+from .crf import densecrf_refine, upsample_label_map
+from .merging import SegmentDescription, merge_segments
+from .settings import ZeroGuideSettings
+
+__all__ = ["Segment", "ZeroGuidanceResult", "ZeroGuidanceSegmenter"]
+
+
+@dataclass
+class Segment:
+    """One output segment.
+
+    Attributes:
+        mask: (H, W) bool at the image's resolution.
+        text: its free-text name.
+        embedding: (D,) unit-norm CLIP embedding of the segment (section 3.2).
+        text_score: CLIP cosine similarity between the segment embedding and its text's embedding.
+        merge_score: the section 3.4 score of the merge that formed it; ``None`` if never merged.
+        node_id: its node in the clustering tree.
+    """
+
+    mask: np.ndarray
+    text: str
+    embedding: torch.Tensor
+    text_score: float
+    merge_score: float | None
+    node_id: int
+
+    @property
+    def score(self) -> float:
+        """The region's score: its merge score, or for a segment never merged its text score."""
+        return self.merge_score if self.merge_score is not None else self.text_score
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class ZeroGuidanceResult:
+    """Segments that partition the image (every pixel in exactly one), and how they were made."""
+
+    segments: list[Segment]
+    image_size: tuple[int, int]
+    settings: ZeroGuideSettings
+    model_version: str
+    preset: str
+    random_weights: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    candidates: int = 0
+
+    def label_map(self) -> np.ndarray:
+        """(H, W) int: index of each pixel's segment."""
+        label_map = np.full(self.image_size, -1, dtype=np.int64)
+        for index, segment in enumerate(self.segments):
+            label_map[segment.mask] = index
+        return label_map
+
+
+class ZeroGuidanceSegmenter:
+    """Zero-guidance segmentation with the foundation models of one preset.
+
+    Args:
+        models: ``FoundationModels`` (DINO, CLIP, and the captioner's models are used).
+        settings: :class:`ZeroGuideSettings`; default: the paper's, with the preset's overrides.
+        captioner: a text generator (``backend.zeroguide.captioning``); default: built from
+            ``settings.captioner`` and ``settings.captioner_options``.
+    """
+
+    def __init__(self, models, settings: ZeroGuideSettings | None = None, captioner=None):
+        self.models = models
+        self.settings = settings or ZeroGuideSettings.for_preset(models.method_overrides("zeroguide"))
+        self._captioner = captioner
+
+    @property
+    def captioner(self):
+        if self._captioner is None:
+            from .captioning import build_captioner
+
+            self._captioner = build_captioner(
+                self.settings.captioner, self.models, **dict(self.settings.captioner_options)
+            )
+        return self._captioner
+
+    @property
+    def model_version(self) -> str:
+        return f"zeroguide-{self.models.preset.name}-{self.settings.captioner}-{self.settings.fingerprint()}"
+
+    def describe(self, image: np.ndarray, masks: np.ndarray) -> list[SegmentDescription]:
+        """Section 3.2-3.3 for (K, H, W) masks: embeddings, texts and the texts' embeddings."""
+        clip = self.models.clip
+        embeddings = clip.encode_segments(image, masks, self.settings.segment_encoding)
+        captions = self.captioner.caption(embeddings)
+        text_embeddings = clip.encode_text([caption.text for caption in captions])
+        return [
+            SegmentDescription(visual=e, text=c.text, text_embedding=t)
+            for e, c, t in zip(embeddings, captions, text_embeddings)
+        ]
+
+    def segment(self, image: np.ndarray) -> ZeroGuidanceResult:
+        """Split ``image`` ((H, W, 3) uint8 RGB) into named segments."""
+        check_image(image)
+        settings = self.settings
+        timings: dict[str, float] = {}
+
+        @contextmanager
+        def stage(name: str):
+            start = time.perf_counter()
+            yield
+            timings[name] = round(time.perf_counter() - start, 4)
+
+        with stage("features"):
+            features = self.models.dino(image, settings.dino_image_size, settings.dino_stride)
+        with stage("clustering"):
+            candidates = find_segment_candidates(
+                features,
+                n_clusters=min(settings.n_clusters, features.shape[0] * features.shape[1]),
+                similarity_threshold=settings.dino_similarity_threshold,
+            )
+        with stage("crf"):
+            label_map = self._pixel_labels(image, features, candidates.label_map)
+        node_ids = [node for index, node in enumerate(candidates.segment_ids) if (label_map == index).any()]
+        masks = np.stack([label_map == candidates.segment_ids.index(node) for node in node_ids])
+        with stage("embedding_and_naming"):
+            descriptions = dict(zip(node_ids, self.describe(image, masks)))
+        with stage("merging"):
+            if settings.merge and len(node_ids) > 1:
+                merged = merge_segments(
+                    candidates.tree,
+                    dict(zip(node_ids, masks)),
+                    descriptions,
+                    lambda node, mask: self.describe(image, mask[None])[0],
+                    merge_threshold=settings.merge_threshold,
+                ).segments
+                final = [(m.node_id, m.mask, m.description, m.merge_score) for m in merged]
+            else:
+                final = [(node, mask, descriptions[node], None) for node, mask in zip(node_ids, masks)]
+        segments = [
+            Segment(
+                mask=mask,
+                text=description.text,
+                embedding=description.visual,
+                text_score=float(torch.dot(description.visual.float(), description.text_embedding.float())),
+                merge_score=score,
+                node_id=int(node),
+            )
+            for node, mask, description, score in final
+        ]
+        return ZeroGuidanceResult(
+            segments=segments,
+            image_size=image.shape[:2],
+            settings=settings,
+            model_version=self.model_version,
+            preset=self.models.preset.name,
+            random_weights=self.models.is_tiny,
+            timings=timings,
+            candidates=len(node_ids),
+        )
+
+    def _pixel_labels(self, image: np.ndarray, features: torch.Tensor, grid_labels: np.ndarray) -> np.ndarray:
+        """Grid labels -> (H, W) labels: DenseCRF (at ``crf_max_side``) or nearest upsampling."""
+        settings = self.settings
+        height, width = image.shape[:2]
+        if not settings.use_crf:
+            return upsample_label_map(grid_labels, (height, width))
+        work = image
+        scale = 1.0
+        if settings.crf_max_side is not None and max(height, width) > settings.crf_max_side:
+            scale = settings.crf_max_side / max(height, width)
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        labels = densecrf_refine(
+            work,
+            features,
+            grid_labels,
+            iterations=settings.crf_iterations,
+            gaussian_sxy=settings.crf_gaussian_sxy,
+            gaussian_compat=settings.crf_gaussian_compat,
+            bilateral_sxy=settings.crf_bilateral_sxy,
+            bilateral_srgb=settings.crf_bilateral_srgb,
+            bilateral_compat=settings.crf_bilateral_compat,
+        )
+        if scale != 1.0:
+            labels = cv2.resize(labels.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
+        return labels.astype(np.int64)
+
+    def info(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "settings": self.settings.to_dict()}

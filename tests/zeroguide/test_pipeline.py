@@ -1,0 +1,114 @@
+"""The zero-guidance pipeline end to end on the tiny preset, and its command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from backend.models.clip import SegmentEncoding
+from backend.outputs import decode_rle
+from backend.zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
+from backend.zeroguide.__main__ import main as cli_main
+
+
+class StubCaptioner:
+    """Names a segment after the sign of its embedding's first coordinate: fast and checkable."""
+
+    name = "stub"
+
+    def __init__(self):
+        self.calls = 0
+
+    def caption(self, embeddings):
+        from backend.zeroguide.captioning import Caption
+
+        self.calls += 1
+        texts = ["left thing" if float(e[0]) > 0 else "right thing" for e in embeddings]
+        return [Caption(text=t, clip_score=0.0, scored_text=t) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def image():
+    rng = np.random.RandomState(5)
+    image = (rng.rand(72, 96, 3) * 40).astype(np.uint8)
+    image[:, :48] += np.array([180, 20, 20], dtype=np.uint8)
+    image[36:, 48:] += np.array([20, 180, 20], dtype=np.uint8)
+    return image
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"use_crf": False},
+        {"merge": False},
+        {"segment_encoding": SegmentEncoding(method="crop")},
+        {"segment_encoding": SegmentEncoding(subtract_global=False)},
+    ],
+)
+def test_segments_partition_the_image(tiny_models, image, changes):
+    settings = ZeroGuideSettings.for_preset(tiny_models.method_overrides("zeroguide"), **changes)
+    result = ZeroGuidanceSegmenter(tiny_models, settings, captioner=StubCaptioner()).segment(image)
+    stack = np.stack([s.mask for s in result.segments])
+    assert stack.shape[1:] == image.shape[:2]
+    assert (stack.sum(axis=0) == 1).all(), "every pixel in exactly one segment"
+    assert result.random_weights and result.preset == "tiny"
+    for segment in result.segments:
+        assert segment.text in ("left thing", "right thing")
+        assert torch.allclose(segment.embedding.norm(), torch.tensor(1.0), atol=1e-4)
+        assert -1.0 <= segment.score <= 1.0
+    assert set(result.timings) == {"features", "clustering", "crf", "embedding_and_naming", "merging"}
+
+
+def test_no_merge_keeps_all_candidates(tiny_models, image):
+    settings = ZeroGuideSettings.for_preset(tiny_models.method_overrides("zeroguide"), merge=False)
+    result = ZeroGuidanceSegmenter(tiny_models, settings, captioner=StubCaptioner()).segment(image)
+    assert len(result.segments) == result.candidates
+    assert all(s.merge_score is None for s in result.segments)
+
+
+def test_merging_everything_at_threshold_minus_one(tiny_models, image):
+    """τ_merge = -1 accepts every sibling pair: the tree collapses to its root, one segment."""
+    settings = ZeroGuideSettings.for_preset(tiny_models.method_overrides("zeroguide"), merge_threshold=-1.0)
+    captioner = StubCaptioner()
+    result = ZeroGuidanceSegmenter(tiny_models, settings, captioner=captioner).segment(image)
+    assert len(result.segments) == 1
+    assert result.segments[0].mask.all()
+    assert result.segments[0].merge_score is not None
+    # one caption call for the candidates, then one per accepted merge
+    assert captioner.calls == 1 + (result.candidates - 1)
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="captioner"):
+        ZeroGuideSettings(captioner="gpt5")
+    with pytest.raises(ValueError, match="merge_threshold"):
+        ZeroGuideSettings(merge_threshold=2.0)
+    assert ZeroGuideSettings().n_clusters == 20 and ZeroGuideSettings().merge_threshold == 0.8
+    assert ZeroGuideSettings().segment_encoding.sigma_squared == 2.5
+    assert ZeroGuideSettings().fingerprint() != ZeroGuideSettings(merge=False).fingerprint()
+
+
+def test_rejects_bad_image(tiny_models):
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        ZeroGuidanceSegmenter(tiny_models, captioner=StubCaptioner()).segment(np.zeros((10, 10), np.uint8))
+
+
+def test_command_line_writes_json_and_overlay(tmp_path, image, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = cli_main(
+        [str(tmp_path / "scene.png"), str(tmp_path / "broken.jpg"), "--preset", "tiny", "--out", str(out),
+         "--cache-dir", str(tmp_path / "cache"), "--no-crf"]
+    )
+    assert code == 1, "one of two images failed, and the run says so"
+    payload = json.loads((out / "scene.json").read_text())
+    assert payload["random_weights"] is True and payload["preset"] == "tiny"
+    masks = np.stack([decode_rle(s["mask_rle"]) for s in payload["segments"]])
+    assert masks.shape[1:] == image.shape[:2] and (masks.sum(axis=0) == 1).all()
+    assert all(isinstance(s["text"], str) and s["text"] for s in payload["segments"])
+    assert (out / "scene.overlay.png").exists() and not (out / "broken.json").exists()
