@@ -1,0 +1,96 @@
+"""Every setting of FMbSeg (Seifi et al.), with the paper's value as its default."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+__all__ = ["FMbSegSettings"]
+
+
+@dataclass(frozen=True)
+class FMbSegSettings:
+    """Settings of FMbSeg's two stages.
+
+    Stage 1.1, CLIP queries SAM (section 3.2.1, appendix 1.1):
+        clip_image_size: side of the oversampled image cut into CLIP-sized crops (appendix 1.1.2:
+            1344 -> 16 crops of 336 -> a 96x96 feature map on ViT-L/14@336).
+        clip_last_block: how patch tokens pass CLIP's last block (appendix 1.1.1; see
+            ``DenseClipSettings``): ``"value"`` or ``"skip"``.
+        prompt_template: text for each class (section 4.1: the single template "a photo of a {}").
+        presence_min_crops: T; a class is present when it wins MORE than T crops (appendix 1.1.3: 1).
+        points_per_class: SAM point prompts per present class: the most similar patches (5).
+        sam_image_size: side of the square image given to SAM (appendix 1.1.4: 518, as DINOv2).
+
+    Stage 1.2, SAM's automatic masks labelled by CLIP (section 3.2.2, appendix 1.2):
+        sam_pred_iou_thresh: ``pred_iou_thresh`` of SamAutomaticMaskGenerator (appendix 1.2.1: 0.97).
+        sam_points_per_side: its grid of point prompts (not in the paper: SAM's default 32).
+        sam_stability_score_thresh: its stability filter (not in the paper: SAM's default 0.95).
+        sam_min_mask_region_area: its small-region clean-up in pixels (paper: "constrained by
+            size", no value given: 0, SAM's default).
+
+    Stage 2, alignment module (section 3.3, appendix 2):
+        dinov2_image_size: side of the square image given to DINOv2 (appendix 1.1.4: 518).
+        stage12_fraction: share of Stage 1.2 masks kept (at random) for training (appendix
+            Table 2: 75%).
+        refine: at inference, overlay SAM's automatic masks labelled by majority vote of the base
+            prediction ("FMbSeg-Stage 2 (refined)").
+    """
+
+    clip_image_size: int = 1344
+    clip_last_block: Literal["value", "skip"] = "value"
+    prompt_template: str = "a photo of a {}"
+    presence_min_crops: int = 1
+    points_per_class: int = 5
+    sam_image_size: int = 518
+    sam_pred_iou_thresh: float = 0.97
+    sam_points_per_side: int = 32
+    sam_stability_score_thresh: float = 0.95
+    sam_min_mask_region_area: int = 0
+    dinov2_image_size: int = 518
+    stage12_fraction: float = 0.75
+    refine: bool = True
+
+    def __post_init__(self) -> None:
+        if "{}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}' for the class name, got {self.prompt_template!r}")
+        if self.presence_min_crops < 0:
+            raise ValueError(f"presence_min_crops must be >= 0, got {self.presence_min_crops}")
+        if self.points_per_class < 1:
+            raise ValueError(f"points_per_class must be >= 1, got {self.points_per_class}")
+        if not 0.0 <= self.stage12_fraction <= 1.0:
+            raise ValueError(f"stage12_fraction must be in [0, 1], got {self.stage12_fraction}")
+        if not 0.0 <= self.sam_pred_iou_thresh <= 1.0:
+            raise ValueError(f"sam_pred_iou_thresh must be in [0, 1], got {self.sam_pred_iou_thresh}")
+        for name in ("clip_image_size", "sam_image_size", "dinov2_image_size", "sam_points_per_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.clip_last_block not in ("value", "skip"):
+            raise ValueError(f"clip_last_block must be 'value' or 'skip', got {self.clip_last_block!r}")
+
+    @classmethod
+    def for_preset(cls, overrides: Mapping[str, Any] | None = None, **changes: Any) -> "FMbSegSettings":
+        """The paper's settings with a preset's overrides, then ``changes``, applied."""
+        return cls(**{**dict(overrides or {}), **changes})
+
+    def replace(self, **changes: Any) -> "FMbSegSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+    def automatic_mask_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``SamAutomaticMaskGenerator`` (Stage 1.2 and refinement)."""
+        return {
+            "points_per_side": self.sam_points_per_side,
+            "pred_iou_thresh": self.sam_pred_iou_thresh,
+            "stability_score_thresh": self.sam_stability_score_thresh,
+            "min_mask_region_area": self.sam_min_mask_region_area,
+        }
