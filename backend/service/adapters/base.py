@@ -1,0 +1,263 @@
+"""Shared machinery of the control-tag adapters: tag options, region results, mode selection.
+
+An adapter maps one Label Studio control tag (``BrushLabels``, ``PolygonLabels``) onto one method
+(zero-guidance segmentation or FMbSeg). Which adapter takes a tag is decided by
+:func:`control_mode`; options come from ``model_*`` attributes on the tag, falling back to the
+service-wide environment defaults in :class:`~backend.service.config.ServiceConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..config import ServiceConfig, parse_bool
+from ..images import LoadedImage
+from ..masks import mask_to_polygons, mask_to_rle
+from ..runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+ZERO_GUIDANCE = "zero-guidance"
+CLASSES = "classes"
+_MODE_ALIASES = {
+    "zero-guidance": ZERO_GUIDANCE,
+    "zero_guidance": ZERO_GUIDANCE,
+    "zeroguide": ZERO_GUIDANCE,
+    "classes": CLASSES,
+    "fmbseg": CLASSES,
+}
+
+
+class LabelConfigError(ValueError):
+    """The project's label config cannot be served (the message shows how to fix it)."""
+
+
+def new_region_id() -> str:
+    """A fresh region id; every result of one region shares it (brush + its TextArea)."""
+    return uuid.uuid4().hex[:10]
+
+
+def is_per_region(control: Any) -> bool:
+    return str(control.attr.get("perRegion", "false")).lower() == "true"
+
+
+def image_object(control: Any) -> Any | None:
+    """The first ``Image`` object tag the control points at, or ``None``."""
+    for obj in control.objects or []:
+        if obj.tag.lower() == "image":
+            return obj
+    return None
+
+
+def per_region_text_areas(interface: Any, control: Any) -> list[Any]:
+    """``TextArea perRegion="true"`` tags on the same image that can attach to ``control``'s regions."""
+    target = image_object(control)
+    if target is None:
+        return []
+    found = []
+    for other in interface.controls:
+        if other.tag != "TextArea" or not is_per_region(other) or target.name not in other.to_name:
+            continue
+        when_tag = other.attr.get("whenTagName")
+        if when_tag and when_tag != control.name:
+            continue
+        found.append(other)
+    return found
+
+
+def control_mode(control: Any, interface: Any) -> str:
+    """``"zero-guidance"`` or ``"classes"`` for a BrushLabels/PolygonLabels control.
+
+    1. The ``model_mode`` attribute decides when present (``zero-guidance`` or ``classes``).
+    2. Otherwise a control with exactly one label and a per-region ``TextArea`` on the same
+       image is zero-guidance (free-text segments); every other control is classes (FMbSeg,
+       its labels are the vocabulary).
+    """
+    raw = control.attr.get("model_mode")
+    if raw is not None:
+        mode = _MODE_ALIASES.get(str(raw).strip().lower())
+        if mode is None:
+            raise LabelConfigError(
+                f'<{control.tag} name="{control.name}" model_mode="{raw}">: model_mode must be '
+                f'"zero-guidance" or "classes"'
+            )
+        return mode
+    labels = list(control.labels or [])
+    if len(labels) == 1 and per_region_text_areas(interface, control):
+        return ZERO_GUIDANCE
+    return CLASSES
+
+
+class TagOptions:
+    """Reads ``model_*`` attributes of one control tag, with environment fallbacks."""
+
+    def __init__(self, control: Any, config: ServiceConfig) -> None:
+        self.control = control
+        self.config = config
+
+    def _raw(self, attribute: str) -> str | None:
+        value = self.control.attr.get(attribute)
+        return None if value is None or str(value).strip() == "" else str(value).strip()
+
+    def _where(self, attribute: str) -> str:
+        return f'<{self.control.tag} name="{self.control.name}" {attribute}=...>'
+
+    def flag(self, attribute: str, default: bool) -> bool:
+        raw = self._raw(attribute)
+        if raw is None:
+            return default
+        try:
+            return parse_bool(raw, self._where(attribute))
+        except ValueError as error:
+            raise LabelConfigError(str(error)) from None
+
+    def number(self, attribute: str, default: float, minimum: float = 0.0, maximum: float = math.inf) -> float:
+        raw = self._raw(attribute)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise LabelConfigError(f"{self._where(attribute)} must be a number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise LabelConfigError(f"{self._where(attribute)} must be in [{minimum}, {maximum}], got {raw!r}")
+        return value
+
+    def integer(self, attribute: str, default: int, minimum: int = 0) -> int:
+        value = self.number(attribute, default, minimum=minimum)
+        if value != int(value):
+            raise LabelConfigError(f"{self._where(attribute)} must be an integer, got {value}")
+        return int(value)
+
+    def text(self, attribute: str, default: str | None = None) -> str | None:
+        raw = self._raw(attribute)
+        return default if raw is None else raw
+
+    def settings(self, attribute: str, environment_defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """Method-setting overrides: the environment's JSON, updated by the tag's JSON attribute."""
+        merged = dict(environment_defaults)
+        raw = self._raw(attribute)
+        if raw is not None:
+            try:
+                overrides = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise LabelConfigError(f"{self._where(attribute)} must be a JSON object: {error}") from None
+            if not isinstance(overrides, dict):
+                raise LabelConfigError(f"{self._where(attribute)} must be a JSON object")
+            merged.update(overrides)
+        return merged
+
+
+def clip_score(score: Any) -> float | None:
+    """A score Label Studio accepts (a float in [0, 1]), or ``None`` when there is none."""
+    try:
+        value = float(score)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, value))
+
+
+class ControlAdapter(ABC):
+    """One Label Studio control tag served by one method.
+
+    Subclasses set ``tag`` (the control tag they serve) and ``mode``, and implement
+    :meth:`predict_regions`. :meth:`create` returns ``None`` for tags with ``model_skip="true"``.
+    """
+
+    tag: ClassVar[str]
+    mode: ClassVar[str]
+
+    def __init__(self, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime) -> None:
+        image = image_object(control)
+        if image is None:  # is_control_matched guarantees one
+            raise LabelConfigError(f'<{control.tag} name="{control.name}"> is not attached to an <Image>')
+        self.control = control
+        self.interface = interface
+        self.config = config
+        self.runtime = runtime
+        self.from_name: str = control.name
+        self.to_name: str = image.name
+        self.image_key: str = image.value_name  # "image" for value="$image"
+        self.options = TagOptions(control, config)
+        self.score_threshold = self.options.number("model_score_threshold", config.score_threshold, 0.0, 1.0)
+        self.min_area = self.options.integer("model_min_area", config.min_region_area)
+        # Problems found while reading the config or predicting (reported in /predict and /metrics).
+        self.problems: list[str] = []
+
+    @classmethod
+    def is_control_matched(cls, control: Any, interface: Any) -> bool:
+        return control.tag == cls.tag and image_object(control) is not None and control_mode(control, interface) == cls.mode
+
+    @classmethod
+    def create(cls, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime) -> "ControlAdapter | None":
+        if TagOptions(control, config).flag("model_skip", False):
+            logger.info('skipping <%s name="%s">: model_skip="true"', control.tag, control.name)
+            return None
+        return cls(control, interface, config, runtime)
+
+    @abstractmethod
+    def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
+        """Label Studio results for this tag on ``image``; ``cache`` is shared within one task."""
+
+    def version_inputs(self) -> dict[str, Any]:
+        """Everything about this tag that changes predictions (hashed into ``model_version``)."""
+        return {"tag": self.tag, "name": self.from_name, "score_threshold": self.score_threshold, "min_area": self.min_area}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(from_name={self.from_name!r}, to_name={self.to_name!r})"
+
+    # ---- result building ----------------------------------------------------------------
+
+    def _result(self, region_id: str, image: LoadedImage, value: dict, score: float | None) -> dict:
+        result = {
+            "id": region_id,
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "type": self.control.tag.lower(),
+            "original_width": image.original_width,
+            "original_height": image.original_height,
+            "image_rotation": 0,
+            "value": value,
+        }
+        if score is not None:
+            result["score"] = score
+        return result
+
+    def shape_results(self, image: LoadedImage, mask: np.ndarray, label: str, score: float | None) -> list[dict]:
+        """Regions (one result each) for a full-size ``mask``; brush or polygon by tag."""
+        raise NotImplementedError
+
+
+class BrushShape:
+    """Regions as brush RLE: one region per mask."""
+
+    def shape_results(self, image: LoadedImage, mask: np.ndarray, label: str, score: float | None) -> list[dict]:
+        value = {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]}
+        return [self._result(new_region_id(), image, value, score)]
+
+
+class PolygonShape:
+    """Regions as polygons: one region per connected component (holes filled)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.polygon_tolerance = self.options.number("model_polygon_tolerance", self.config.polygon_tolerance)
+
+    def shape_results(self, image: LoadedImage, mask: np.ndarray, label: str, score: float | None) -> list[dict]:
+        polygons = mask_to_polygons(mask, tolerance=self.polygon_tolerance, min_area=max(self.min_area, 1))
+        return [
+            self._result(new_region_id(), image, {"points": points, "closed": True, "polygonlabels": [label]}, score)
+            for points in polygons
+        ]
+
+    def version_inputs(self) -> dict[str, Any]:
+        return {**super().version_inputs(), "polygon_tolerance": self.polygon_tolerance}

@@ -1,0 +1,127 @@
+"""Zero-guidance segmentation on a BrushLabels (or PolygonLabels) tag: segments with free text.
+
+Each segment becomes one region: its mask (brush RLE, or one polygon per connected component)
+labelled with the tag's label, plus a result of the per-region ``TextArea`` carrying the
+generated text under the **same region id**, and the segment's merge score as region score.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..images import LoadedImage
+from .base import (
+    ZERO_GUIDANCE,
+    BrushShape,
+    ControlAdapter,
+    LabelConfigError,
+    PolygonShape,
+    clip_score,
+    per_region_text_areas,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class _ZeroGuidanceAdapter(ControlAdapter):
+    mode = ZERO_GUIDANCE
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        labels = list(self.control.labels or [])
+        if not labels:
+            raise LabelConfigError(
+                f'<{self.tag} name="{self.from_name}"> needs one <Label> for zero-guidance segments, '
+                'e.g. <Label value="segment"/>'
+            )
+        self.label = self.options.text("model_label", labels[0])
+        if self.label not in labels:
+            raise LabelConfigError(
+                f'<{self.tag} name="{self.from_name}" model_label="{self.label}">: not one of its labels {labels}'
+            )
+        self.text_area = self._find_text_area()
+        self.max_regions = self.options.integer("model_max_regions", self.config.max_regions, minimum=1)
+        self.settings_overrides = self.options.settings("model_settings", self.config.zeroguide_settings)
+
+    def _find_text_area(self) -> Any | None:
+        wanted = self.options.text("model_text_area")
+        candidates = per_region_text_areas(self.interface, self.control)
+        if wanted is not None:
+            for area in candidates:
+                if area.name == wanted:
+                    return area
+            raise LabelConfigError(
+                f'<{self.tag} name="{self.from_name}" model_text_area="{wanted}">: no '
+                f'<TextArea name="{wanted}" perRegion="true"> on the same image'
+            )
+        for area in candidates:
+            when_label = area.attr.get("whenLabelValue")
+            if when_label is None or when_label == self.label:
+                return area
+        logger.info('<%s name="%s">: no per-region TextArea, segments get no text', self.tag, self.from_name)
+        return None
+
+    def version_inputs(self) -> dict[str, Any]:
+        return {
+            **super().version_inputs(),
+            "method": ZERO_GUIDANCE,
+            "label": self.label,
+            "text_area": self.text_area.name if self.text_area is not None else None,
+            "max_regions": self.max_regions,
+            "settings": self.settings_overrides,
+        }
+
+    def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
+        key = ("zero-guidance", image.source, repr(sorted(self.settings_overrides.items())))
+        if key not in cache:
+            segmenter = self.runtime.zero_guidance(self.settings_overrides)
+            with self.runtime.inference_lock:
+                cache[key] = segmenter.segment(image.pixels)
+        segments = list(cache[key].segments)
+        scored = [(clip_score(getattr(segment, "score", None)), segment) for segment in segments]
+        scored.sort(key=lambda item: -1.0 if item[0] is None else -item[0])
+        results: list[dict] = []
+        kept = 0
+        for score, segment in scored:
+            if kept >= self.max_regions:
+                break
+            if score is not None and score < self.score_threshold:
+                continue
+            mask = image.mask_to_original(np.asarray(segment.mask))
+            if not mask.any() or int(mask.sum()) < self.min_area:
+                continue
+            text = str(getattr(segment, "text", "") or "").strip()
+            for shape in self.shape_results(image, mask, self.label, score):
+                results.append(shape)
+                if self.text_area is not None and text:
+                    results.append(self._text_result(shape, text))
+            kept += 1
+        return results
+
+    def _text_result(self, shape: dict, text: str) -> dict:
+        """The TextArea result attached to ``shape`` (same region id)."""
+        return {
+            "id": shape["id"],
+            "from_name": self.text_area.name,
+            "to_name": self.to_name,
+            "type": "textarea",
+            "original_width": shape["original_width"],
+            "original_height": shape["original_height"],
+            "image_rotation": 0,
+            "value": {"text": [text]},
+        }
+
+
+class ZeroGuidanceBrushAdapter(BrushShape, _ZeroGuidanceAdapter):
+    """``<BrushLabels>`` in zero-guidance mode: a brush mask + text per segment."""
+
+    tag = "BrushLabels"
+
+
+class ZeroGuidancePolygonAdapter(PolygonShape, _ZeroGuidanceAdapter):
+    """``<PolygonLabels model_mode="zero-guidance">``: polygons + text per segment."""
+
+    tag = "PolygonLabels"

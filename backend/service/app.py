@@ -1,0 +1,341 @@
+"""The Flask app: Label Studio 1.23's ML backend protocol.
+
+Endpoints (shapes in docs/service.md): ``GET /health`` (and ``/``), ``POST /setup``,
+``POST /predict``, ``POST /webhook``, ``GET /metrics``, ``GET /versions``.
+
+``create_app`` builds everything from a :class:`ServiceConfig` and starts model loading in the
+background; nothing happens at import time. Errors are turned into JSON in one place
+(:func:`_register_error_handlers`): 400 for malformed payloads and unusable label configs, 401 for
+bad basic auth, 503 while the models load, 500 otherwise — never a traceback in a body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .adapters import LabelConfigError
+from .annotations import AnnotationStore
+from .config import ServiceConfig
+from .images import ImageFetcher, ImageLimits
+from .jobs import BackgroundQueue
+from .ls_auth import LabelStudioAuth
+from .metrics import ServiceMetrics
+from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady
+from .segmentation_model import SegmentationMLBackend
+from .training import TrainingCoordinator, TrainingHook
+from .webhooks import PayloadError, WebhookProcessor
+
+logger = logging.getLogger(__name__)
+
+MODEL_CACHE_SIZE = 16
+MAX_REQUEST_BYTES = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProjectContext:
+    """What ``/setup`` told us about a project."""
+
+    label_config: str
+    hostname: str | None
+    access_token: str | None
+
+
+class SegmentationService:
+    """Glue between the HTTP layer and the model: per-project state, credentials, caches."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        runtime: ModelRuntime,
+        store: AnnotationStore,
+        jobs: BackgroundQueue,
+        training: TrainingCoordinator,
+        metrics: ServiceMetrics,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.store = store
+        self.jobs = jobs
+        self.training = training
+        self.metrics = metrics
+        self.session = session or requests.Session()
+        self.webhooks = WebhookProcessor(store, jobs, metrics, training, self.model_for)
+        self._lock = threading.Lock()
+        self._projects: dict[str, ProjectContext] = {}
+        self._models: OrderedDict[tuple, SegmentationMLBackend] = OrderedDict()
+        self._auths: dict[tuple[str, str], LabelStudioAuth] = {}
+        self.limits = ImageLimits(
+            max_bytes=config.image_max_bytes,
+            timeout_s=config.image_timeout_s,
+            max_pixels=config.image_max_pixels,
+            model_max_pixels=config.model_max_pixels,
+        )
+
+    # ---- projects and models ------------------------------------------------------------
+
+    @staticmethod
+    def project_key(project: Any) -> str | None:
+        """Label Studio's ``"<id>.<created timestamp>"`` -> ``"<id>"`` (None when absent)."""
+        if project is None:
+            return None
+        return str(project).split(".")[0] or None
+
+    def remember_project(self, project: str | None, context: ProjectContext) -> None:
+        if project is not None:
+            with self._lock:
+                self._projects[project] = context
+
+    def project_context(self, project: str | None) -> ProjectContext | None:
+        with self._lock:
+            return self._projects.get(project) if project is not None else None
+
+    def model_for(self, label_config: str, project: str | None) -> SegmentationMLBackend:
+        """The model for a label config (cached; parsing a config costs milliseconds)."""
+        key = (project, hashlib.sha256(label_config.encode("utf-8")).hexdigest())
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
+                return model
+        model = SegmentationMLBackend(
+            label_config,
+            project,
+            config=self.config,
+            runtime=self.runtime,
+            fetcher_for=lambda: self.fetcher_for(project),
+            training=self.training,
+        )
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > MODEL_CACHE_SIZE:
+                self._models.popitem(last=False)
+        return model
+
+    def fetcher_for(self, project: str | None) -> ImageFetcher:
+        """An image fetcher with Label Studio credentials: the environment's, else ``/setup``'s."""
+        url, key = self.config.label_studio_url, self.config.label_studio_api_key
+        context = self.project_context(project)
+        if url is None and context is not None and context.hostname:
+            url = context.hostname.rstrip("/")
+        if key is None and context is not None and context.access_token:
+            key = context.access_token
+        auth = None
+        if url is not None and key:
+            with self._lock:
+                auth = self._auths.get((url, key))
+                if auth is None:
+                    auth = self._auths[(url, key)] = LabelStudioAuth(url, key, session=self.session)
+        return ImageFetcher(
+            self.limits,
+            label_studio_url=url,
+            auth=auth,
+            local_files_root=self.config.local_files_root,
+            session=self.session,
+        )
+
+
+def _json_body() -> dict:
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise PayloadError("request body must be a JSON object")
+    return data
+
+
+def _parse_model(service: SegmentationService, label_config: Any, project: str | None) -> SegmentationMLBackend:
+    if not isinstance(label_config, str) or not label_config.strip():
+        raise PayloadError("the label config is missing or not a string")
+    try:
+        return service.model_for(label_config, project)
+    except LabelConfigError:
+        raise
+    except Exception as error:  # XML syntax errors and friends from LabelInterface
+        raise PayloadError(f"the label config cannot be parsed: {type(error).__name__}: {error}") from None
+
+
+def create_app(
+    config: ServiceConfig | None = None,
+    *,
+    methods: MethodLibrary | None = None,
+    training_hook: TrainingHook | None = None,
+    session: requests.Session | None = None,
+    load_models: bool | None = None,
+) -> Flask:
+    """The WSGI app. ``methods`` replaces the real method code (tests); ``load_models`` overrides
+    ``MODEL_LOAD_ON_START``."""
+    config = config or ServiceConfig.from_env()
+    runtime = ModelRuntime(config, methods)
+    store = AnnotationStore(config.model_dir / "annotations")
+    store.recover()
+    metrics = ServiceMetrics()
+    jobs = BackgroundQueue()
+    training = TrainingCoordinator(store, runtime, hook=training_hook, hook_path=config.training_hook)
+    service = SegmentationService(config, runtime, store, jobs, training, metrics, session=session)
+
+    app = Flask("backend.service")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.json.sort_keys = False
+    app.extensions["segmentation_service"] = service
+    _register_basic_auth(app, config)
+    _register_error_handlers(app, metrics)
+    _register_routes(app, service)
+    if config.load_models_on_start if load_models is None else load_models:
+        runtime.start_loading()
+    logger.info(
+        "service ready: preset=%s model_dir=%s label_studio=%s", config.model_preset, config.model_dir,
+        config.label_studio_url or "(from /setup)",
+    )
+    return app
+
+
+def _register_basic_auth(app: Flask, config: ServiceConfig) -> None:
+    if not config.basic_auth_enabled:
+        return
+    expected_user = config.basic_auth_user.encode("utf-8")
+    expected_pass = config.basic_auth_pass.encode("utf-8")
+
+    @app.before_request
+    def require_basic_auth() -> Response | None:
+        auth = request.authorization
+        ok = (
+            auth is not None
+            and auth.type == "basic"
+            and hmac.compare_digest((auth.username or "").encode("utf-8"), expected_user)
+            and hmac.compare_digest((auth.password or "").encode("utf-8"), expected_pass)
+        )
+        if ok:
+            return None
+        response = jsonify({"error": "authentication required (HTTP basic auth, see BASIC_AUTH_USER)"})
+        response.status_code = 401
+        response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
+        return response
+
+
+def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
+    def error(status: int, message: str) -> tuple[Response, int]:
+        metrics.increment("errors", str(status))
+        return jsonify({"error": message}), status
+
+    @app.errorhandler(PayloadError)
+    def bad_payload(exc: PayloadError):
+        return error(400, str(exc))
+
+    @app.errorhandler(LabelConfigError)
+    def bad_label_config(exc: LabelConfigError):
+        return error(400, f"label config: {exc}")
+
+    @app.errorhandler(ModelsNotReady)
+    def not_ready(exc: ModelsNotReady):
+        return error(503, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return error(500, f"internal error ({type(exc).__name__}); see the ML backend log")
+
+
+def _register_routes(app: Flask, service: SegmentationService) -> None:
+    config, runtime, metrics = service.config, service.runtime, service.metrics
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(
+            {
+                "status": "UP",
+                "model_class": SegmentationMLBackend.__name__,
+                "models": runtime.status,
+                "preset": config.model_preset,
+            }
+        )
+
+    @app.post("/setup")
+    def setup():
+        data = _json_body()
+        metrics.increment("setup", "requests")
+        project = service.project_key(data.get("project"))
+        model = _parse_model(service, data.get("schema"), project)
+        model.check_config()
+        hostname, token = data.get("hostname"), data.get("access_token")
+        service.remember_project(
+            project,
+            ProjectContext(
+                label_config=model.label_config,
+                hostname=hostname if isinstance(hostname, str) and hostname.startswith(("http://", "https://")) else None,
+                access_token=token if isinstance(token, str) and token else None,
+            ),
+        )
+        return jsonify({"model_version": model.model_version})
+
+    @app.post("/predict")
+    def predict():
+        data = _json_body()
+        tasks = data.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
+            raise PayloadError("'tasks' must be a list of task objects")
+        project = service.project_key(data.get("project"))
+        label_config = data.get("label_config")
+        if label_config is None:
+            context = service.project_context(project)
+            label_config = context.label_config if context else None
+            if label_config is None:
+                raise PayloadError("'label_config' is missing and /setup was not called for this project")
+        params = data.get("params") if isinstance(data.get("params"), dict) else {}
+        model = _parse_model(service, label_config, project)
+        started = time.monotonic()
+        metrics.increment("predict", "requests")
+        response = model.predict(tasks, context=params.get("context"))
+        metrics.increment("predict", "tasks", by=len(tasks))
+        metrics.increment("predict", "tasks_failed", by=response.failed_tasks)
+        metrics.increment("predict", "results", by=sum(len(p["result"]) for p in response.predictions if p))
+        metrics.increment("predict", "seconds", by=time.monotonic() - started)
+        for adapter in model.adapters:
+            for label, reason in getattr(adapter, "unsupported", {}).items():
+                metrics.record("unsupported_labels", adapter.from_name, label, value=reason)
+        return jsonify(
+            {"results": response.predictions, "model_version": response.model_version, "warnings": response.warnings}
+        )
+
+    @app.post("/webhook")
+    def webhook():
+        return jsonify(service.webhooks.handle(_json_body()))
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        snapshot = metrics.snapshot()
+        snapshot.update(
+            model_class=SegmentationMLBackend.__name__,
+            models=runtime.status,
+            models_load_seconds=runtime.load_seconds,
+            preset=config.model_preset,
+            fmbseg_checkpoint=runtime.checkpoint_version(),
+            training=service.training.status(),
+            background_jobs=service.jobs.stats(),
+            annotations_stored=service.store.count(),
+        )
+        return jsonify(snapshot)
+
+    @app.get("/versions")
+    def versions():
+        # Label Studio sends GET /versions with a JSON body {"project": "<id>.<timestamp>"}
+        body = request.get_json(force=True, silent=True)
+        project = service.project_key(request.args.get("project") or (body or {}).get("project"))
+        context = service.project_context(project)
+        if context is None:
+            return jsonify({"versions": []})
+        return jsonify({"versions": [service.model_for(context.label_config, project).model_version]})

@@ -1,0 +1,190 @@
+"""Service settings, read from the environment by :meth:`ServiceConfig.from_env`.
+
+Nothing is read at import time: the app factory calls ``ServiceConfig.from_env()``
+(or receives a ready ``ServiceConfig`` from a test). Every variable is documented in
+docs/service.md; bad values raise ``ValueError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+FAILED_TASK_REPLIES = ("empty", "none")
+
+
+def _text(environ: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(environ: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _text(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ValueError(f"{name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def parse_bool(raw: str, name: str) -> bool:
+    """``"1"/"true"/"yes"/"on"`` -> True, ``"0"/"false"/"no"/"off"`` -> False (any case)."""
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true/false, got {raw!r}")
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _text(environ, name)
+    return default if raw is None else parse_bool(raw, name)
+
+
+def parse_settings_json(raw: str | None, name: str) -> dict[str, Any]:
+    """A JSON object of method-setting overrides (``{"field": value}``); ``None``/empty -> ``{}``."""
+    if raw is None or raw.strip() == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{name} must be a JSON object, e.g. '{{\"field\": 1}}': {error}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the service reads from the environment (see docs/service.md)."""
+
+    # --- server -------------------------------------------------------------------------
+    host: str = "0.0.0.0"  # HOST
+    port: int = 9090  # PORT
+    threads: int = 8  # GUNICORN_THREADS: request threads of the single gunicorn worker
+    worker_timeout_s: int = 600  # GUNICORN_TIMEOUT
+    log_level: str = "INFO"  # LOG_LEVEL
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER
+    basic_auth_pass: str | None = None  # BASIC_AUTH_PASS
+
+    # --- models -------------------------------------------------------------------------
+    model_preset: str = "cpu"  # MODEL_PRESET: paper | cpu | tiny (backend.models registry)
+    device: str | None = None  # DEVICE: e.g. cpu, cuda, cuda:1; None lets backend.models choose
+    model_dir: Path = Path("model_dir")  # MODEL_DIR: annotations, checkpoints, caches
+    load_models_on_start: bool = True  # MODEL_LOAD_ON_START (false: on the first /predict)
+    model_load_wait_s: float = 60.0  # MODEL_LOAD_WAIT: /predict waits this long for loading
+    fmbseg_checkpoint: Path | None = None  # FMBSEG_CHECKPOINT; default: newest in MODEL_DIR
+    zeroguide_settings: Mapping[str, Any] = field(default_factory=dict)  # ZEROGUIDE_SETTINGS
+    fmbseg_settings: Mapping[str, Any] = field(default_factory=dict)  # FMBSEG_SETTINGS
+    training_hook: str | None = None  # TRAINING_HOOK: "package.module:function"
+
+    # --- per-tag defaults (tag attributes override them) --------------------------------
+    score_threshold: float = 0.0  # MODEL_SCORE_THRESHOLD
+    max_regions: int = 50  # MODEL_MAX_REGIONS (zero-guidance segments per image)
+    min_region_area: int = 0  # MODEL_MIN_AREA: pixels at the original size
+    polygon_tolerance: float = 1.0  # MODEL_POLYGON_TOLERANCE: Douglas-Peucker, pixels
+    fmbseg_refine: bool = True  # FMBSEG_REFINE: SAM refinement of FMbSeg masks
+
+    # --- Label Studio and images ----------------------------------------------------------
+    label_studio_url: str | None = None  # LABEL_STUDIO_URL
+    label_studio_api_key: str | None = None  # LABEL_STUDIO_API_KEY (legacy token or PAT)
+    local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT
+    image_max_bytes: int = 50 * 1024 * 1024  # IMAGE_MAX_BYTES
+    image_timeout_s: float = 30.0  # IMAGE_DOWNLOAD_TIMEOUT: whole download
+    image_max_pixels: int = 100_000_000  # IMAGE_MAX_PIXELS: larger images are refused
+    model_max_pixels: int = 1024 * 1024  # MODEL_MAX_PIXELS: larger images are downscaled
+    failed_task_reply: str = "empty"  # FAILED_TASK_REPLY: empty | none
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"PORT must be in 1..65535, got {self.port}")
+        if self.threads < 1:
+            raise ValueError(f"GUNICORN_THREADS must be >= 1, got {self.threads}")
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"MODEL_SCORE_THRESHOLD must be in [0, 1], got {self.score_threshold}")
+        if self.image_max_bytes < 1 or self.image_max_pixels < 1 or self.model_max_pixels < 1:
+            raise ValueError("IMAGE_MAX_BYTES, IMAGE_MAX_PIXELS and MODEL_MAX_PIXELS must be >= 1")
+        if self.image_timeout_s <= 0:
+            raise ValueError(f"IMAGE_DOWNLOAD_TIMEOUT must be > 0, got {self.image_timeout_s}")
+        if self.failed_task_reply not in FAILED_TASK_REPLIES:
+            raise ValueError(
+                f"FAILED_TASK_REPLY must be one of {FAILED_TASK_REPLIES}, got {self.failed_task_reply!r}"
+            )
+        if self.training_hook is not None and ":" not in self.training_hook:
+            raise ValueError(f"TRAINING_HOOK must look like 'package.module:function', got {self.training_hook!r}")
+        if self.label_studio_url is not None:
+            if not self.label_studio_url.startswith(("http://", "https://")):
+                raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+            object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return self.basic_auth_user is not None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
+        """Build the configuration from ``environ`` (default: ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        checkpoint = _text(env, "FMBSEG_CHECKPOINT")
+        local_root = _text(env, "LOCAL_FILES_DOCUMENT_ROOT")
+        return cls(
+            host=_text(env, "HOST", "0.0.0.0"),
+            port=_int(env, "PORT", 9090, minimum=1),
+            threads=_int(env, "GUNICORN_THREADS", 8, minimum=1),
+            worker_timeout_s=_int(env, "GUNICORN_TIMEOUT", 600, minimum=0),
+            log_level=_text(env, "LOG_LEVEL", "INFO").upper(),
+            basic_auth_user=_text(env, "BASIC_AUTH_USER"),
+            basic_auth_pass=_text(env, "BASIC_AUTH_PASS"),
+            model_preset=_text(env, "MODEL_PRESET", "cpu"),
+            device=_text(env, "DEVICE"),
+            model_dir=Path(_text(env, "MODEL_DIR", "model_dir")),
+            load_models_on_start=_bool(env, "MODEL_LOAD_ON_START", True),
+            model_load_wait_s=_float(env, "MODEL_LOAD_WAIT", 60.0),
+            fmbseg_checkpoint=Path(checkpoint) if checkpoint else None,
+            zeroguide_settings=parse_settings_json(_text(env, "ZEROGUIDE_SETTINGS"), "ZEROGUIDE_SETTINGS"),
+            fmbseg_settings=parse_settings_json(_text(env, "FMBSEG_SETTINGS"), "FMBSEG_SETTINGS"),
+            training_hook=_text(env, "TRAINING_HOOK"),
+            score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.0),
+            max_regions=_int(env, "MODEL_MAX_REGIONS", 50, minimum=1),
+            min_region_area=_int(env, "MODEL_MIN_AREA", 0),
+            polygon_tolerance=_float(env, "MODEL_POLYGON_TOLERANCE", 1.0),
+            fmbseg_refine=_bool(env, "FMBSEG_REFINE", True),
+            label_studio_url=_text(env, "LABEL_STUDIO_URL"),
+            label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
+            local_files_root=Path(local_root) if local_root else None,
+            image_max_bytes=_int(env, "IMAGE_MAX_BYTES", 50 * 1024 * 1024, minimum=1),
+            image_timeout_s=_float(env, "IMAGE_DOWNLOAD_TIMEOUT", 30.0),
+            image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 100_000_000, minimum=1),
+            model_max_pixels=_int(env, "MODEL_MAX_PIXELS", 1024 * 1024, minimum=1),
+            failed_task_reply=_text(env, "FAILED_TASK_REPLY", "empty").lower(),
+        )
+
+    def replace(self, **changes: Any) -> "ServiceConfig":
+        """A copy with some fields changed (tests, CLI overrides)."""
+        return dataclasses.replace(self, **changes)

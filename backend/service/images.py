@@ -1,0 +1,336 @@
+"""Fetch task images (Label Studio uploads, URLs, local files) and decode them safely.
+
+Where an image comes from (in this order):
+
+* ``data:image/...;base64,...`` URIs are decoded in place;
+* Label Studio local-files URLs (``/data/local-files/?d=<path>``) and ``file://`` URLs are read
+  from disk when ``LOCAL_FILES_DOCUMENT_ROOT`` is set and the file lies under it (symlinks are
+  resolved first, so ``..`` and links cannot escape the root);
+* other absolute paths under that root are read from disk too;
+* every other path starting with ``/`` (``/data/upload/...``, ``/tasks/.../presign/...``,
+  ``/storage-data/...``) is relative to Label Studio and fetched from ``LABEL_STUDIO_URL`` with
+  its API key (see :mod:`backend.service.ls_auth`);
+* ``http(s)://`` URLs are fetched as given; the API key is sent only to Label Studio's own origin.
+
+Guards: a byte limit (Content-Length and while streaming), a deadline for the whole download,
+a pixel limit checked from the image header before decoding (plus PIL's own decompression-bomb
+check), first frame only, EXIF orientation applied, RGB conversion, and a downscale to
+``MODEL_MAX_PIXELS`` for the model. Masks come back to the original size with
+:meth:`LoadedImage.mask_to_original`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+import struct
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+import urllib3
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .ls_auth import LabelStudioAuth, LabelStudioAuthError
+
+logger = logging.getLogger(__name__)
+
+LOCAL_FILES_PREFIX = "/data/local-files/"
+CHUNK_BYTES = 64 * 1024
+EXIF_ORIENTATION_TAG = 0x0112
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+class ImageFetchError(ValueError):
+    """The task's image could not be fetched or decoded (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Download and decode limits (``ServiceConfig`` fields of the same meaning)."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    timeout_s: float = 30.0
+    max_pixels: int = 100_000_000
+    model_max_pixels: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.model_max_pixels < 1 or self.timeout_s <= 0:
+            raise ValueError(f"image limits must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for the methods.
+
+    ``pixels``: ``(h, w, 3)`` uint8 RGB, EXIF orientation applied, downscaled so that
+    ``h * w <= model_max_pixels``. ``original_width``/``original_height``: the size Label Studio
+    shows (after EXIF orientation), which every result is expressed in.
+    """
+
+    pixels: np.ndarray
+    original_width: int
+    original_height: int
+    source: str
+
+    @property
+    def model_size(self) -> tuple[int, int]:
+        """``(width, height)`` of ``pixels``."""
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    @property
+    def is_downscaled(self) -> bool:
+        return self.model_size != (self.original_width, self.original_height)
+
+    def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
+        """A ``(h, w)`` mask at model size -> ``(original_height, original_width)`` bool (nearest)."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+        if mask.shape == (self.original_height, self.original_width):
+            return mask.astype(bool, copy=False)
+        resized = cv2.resize(
+            mask.astype(np.uint8),
+            (self.original_width, self.original_height),
+            interpolation=cv2.INTER_NEAREST,
+        )
+        return resized.astype(bool)
+
+
+def model_size_for(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The ``(width, height)`` the model sees: unchanged, or scaled to at most ``max_pixels``."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new_width = max(1, int(width * scale))
+    new_height = max(1, int(height * scale))
+    return new_width, new_height
+
+
+def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> LoadedImage:
+    """Decode image bytes into a :class:`LoadedImage`, enforcing ``limits``."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ImageFetchError(f"{source}: not a readable image ({error})") from None
+
+    with image:
+        width, height = image.size  # from the header; nothing decoded yet
+        if width < 1 or height < 1:
+            raise ImageFetchError(f"{source}: image has an empty size {width}x{height}")
+        if width * height > limits.max_pixels:
+            raise ImageFetchError(
+                f"{source}: image is {width}x{height} = {width * height} pixels, more than "
+                f"IMAGE_MAX_PIXELS={limits.max_pixels}"
+            )
+        try:
+            # PNG keeps EXIF after the pixel data: reading it may decode (and find truncation)
+            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+            if orientation in TRANSPOSING_ORIENTATIONS:
+                original_width, original_height = height, width
+            else:
+                original_width, original_height = width, height
+            target = model_size_for(original_width, original_height, limits.model_max_pixels)
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            if image.format == "JPEG" and target != (original_width, original_height):
+                # Decode a JPEG at 1/2, 1/4 or 1/8 scale when that is still >= the target size.
+                draft_size = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
+                image.draft("RGB", draft_size)
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            rgb = upright.convert("RGB")
+        except Image.DecompressionBombError as error:
+            raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
+        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
+            raise ImageFetchError(f"{source}: image data is corrupt or truncated ({error})") from None
+        if rgb.size != target:
+            rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    return LoadedImage(
+        pixels=np.ascontiguousarray(pixels),
+        original_width=original_width,
+        original_height=original_height,
+        source=source,
+    )
+
+
+class ImageFetcher:
+    """Turns a task's image reference into bytes, then into a :class:`LoadedImage`."""
+
+    def __init__(
+        self,
+        limits: ImageLimits,
+        *,
+        label_studio_url: str | None = None,
+        auth: LabelStudioAuth | None = None,
+        local_files_root: Path | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.limits = limits
+        self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
+        self.auth = auth
+        self.local_files_root = Path(local_files_root).resolve() if local_files_root else None
+        self._session = session or requests.Session()
+
+    # ---- public -------------------------------------------------------------------------
+
+    def load(self, reference: str) -> LoadedImage:
+        """Fetch and decode the image a task refers to."""
+        return decode_image(self.fetch_bytes(reference), self.limits, source=_short(reference))
+
+    def fetch_bytes(self, reference: str) -> bytes:
+        if not isinstance(reference, str) or not reference.strip():
+            raise ImageFetchError(f"image reference must be a non-empty string, got {reference!r}")
+        reference = reference.strip()
+        if reference.startswith("data:"):
+            return self._data_uri(reference)
+        local = self._local_path(reference)
+        if local is not None:
+            return self._read_local(local, reference)
+        if reference.startswith("/"):
+            if self.label_studio_url is None:
+                raise ImageFetchError(
+                    f"{_short(reference)} is relative to Label Studio, but LABEL_STUDIO_URL is not set "
+                    "(set it to the address this service can reach Label Studio at, e.g. http://localhost:8080)"
+                )
+            return self._download(self.label_studio_url + reference, with_auth=True)
+        scheme = urllib.parse.urlsplit(reference).scheme.lower()
+        if scheme in ("http", "https"):
+            return self._download(reference, with_auth=self._is_label_studio_url(reference))
+        raise ImageFetchError(
+            f"unsupported image reference {_short(reference)!r}: use an http(s) URL, a Label Studio path, "
+            "or a local file under LOCAL_FILES_DOCUMENT_ROOT (cloud URIs such as s3:// must be presigned "
+            "by Label Studio's storage connection)"
+        )
+
+    # ---- sources ------------------------------------------------------------------------
+
+    def _data_uri(self, reference: str) -> bytes:
+        header, _, payload = reference.partition(",")
+        if ";base64" not in header:
+            raise ImageFetchError("data: URIs must be base64-encoded (data:image/png;base64,...)")
+        if len(payload) * 3 // 4 > self.limits.max_bytes:
+            raise ImageFetchError(f"data: URI is larger than IMAGE_MAX_BYTES={self.limits.max_bytes}")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error as error:
+            raise ImageFetchError(f"data: URI is not valid base64 ({error})") from None
+
+    def _local_path(self, reference: str) -> Path | None:
+        """The local file ``reference`` names, if it is allowed and exists; else ``None``."""
+        if self.local_files_root is None:
+            return None
+        parsed = urllib.parse.urlsplit(reference)
+        candidate: str | None = None
+        if parsed.path.startswith(LOCAL_FILES_PREFIX) and (
+            not parsed.netloc or self._is_label_studio_url(reference)
+        ):
+            values = urllib.parse.parse_qs(parsed.query).get("d")
+            candidate = values[0] if values else None
+        elif parsed.scheme == "file":
+            candidate = urllib.parse.unquote(parsed.path)
+        elif not parsed.scheme and reference.startswith("/"):
+            candidate = reference
+        if not candidate:
+            return None
+        path = Path(candidate)
+        if not path.is_absolute():
+            path = self.local_files_root / path
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.local_files_root):
+            if parsed.scheme == "file" or parsed.path.startswith(LOCAL_FILES_PREFIX):
+                raise ImageFetchError(
+                    f"{_short(reference)} lies outside LOCAL_FILES_DOCUMENT_ROOT={self.local_files_root}"
+                )
+            return None  # e.g. /data/upload/...: a Label Studio path, not ours
+        return resolved if resolved.is_file() else None
+
+    def _read_local(self, path: Path, reference: str) -> bytes:
+        size = path.stat().st_size
+        if size > self.limits.max_bytes:
+            raise ImageFetchError(f"{_short(reference)} is {size} bytes, more than IMAGE_MAX_BYTES={self.limits.max_bytes}")
+        return path.read_bytes()
+
+    def _is_label_studio_url(self, url: str) -> bool:
+        if self.label_studio_url is None:
+            return False
+        ours = urllib.parse.urlsplit(self.label_studio_url)
+        theirs = urllib.parse.urlsplit(url)
+        return (ours.scheme, ours.netloc) == (theirs.scheme.lower(), theirs.netloc.lower())
+
+    def _download(self, url: str, *, with_auth: bool) -> bytes:
+        if with_auth and self.auth is None:
+            logger.warning("fetching %s without credentials: LABEL_STUDIO_API_KEY is not set", _short(url))
+            with_auth = False
+        deadline = time.monotonic() + self.limits.timeout_s
+        response = self._get(url, with_auth, deadline)
+        if response.status_code == 401 and with_auth and self.auth.invalidate():
+            response.close()
+            logger.info("401 from %s: refreshing the access token and retrying once", _short(url))
+            response = self._get(url, with_auth, deadline)
+        with response:
+            if response.status_code == 401 and with_auth:
+                raise ImageFetchError(self.auth.explain_401(_short(url)))
+            if response.status_code != 200:
+                raise ImageFetchError(f"{_short(url)} answered HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.limits.max_bytes:
+                raise ImageFetchError(
+                    f"{_short(url)} is {declared} bytes, more than IMAGE_MAX_BYTES={self.limits.max_bytes}"
+                )
+            return self._read_body(response, url, deadline)
+
+    def _get(self, url: str, with_auth: bool, deadline: float) -> requests.Response:
+        headers = {}
+        if with_auth:
+            try:
+                headers.update(self.auth.headers())
+            except LabelStudioAuthError as error:
+                raise ImageFetchError(str(error)) from None
+        remaining = max(0.001, deadline - time.monotonic())
+        try:
+            return self._session.get(
+                url, headers=headers, stream=True, timeout=(min(remaining, 10.0), remaining)
+            )
+        except requests.Timeout:
+            raise ImageFetchError(
+                f"{_short(url)} did not answer within IMAGE_DOWNLOAD_TIMEOUT={self.limits.timeout_s} s"
+            ) from None
+        except requests.RequestException as error:
+            raise ImageFetchError(f"could not fetch {_short(url)}: {error}") from None
+
+    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+        body = bytearray()
+        try:
+            while True:
+                # read1 returns after one socket read, so a slow trickle still reaches the deadline check
+                chunk = response.raw.read1(CHUNK_BYTES, decode_content=True)
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > self.limits.max_bytes:
+                    raise ImageFetchError(f"{_short(url)} is larger than IMAGE_MAX_BYTES={self.limits.max_bytes}")
+                if time.monotonic() > deadline:
+                    raise ImageFetchError(
+                        f"downloading {_short(url)} took longer than IMAGE_DOWNLOAD_TIMEOUT={self.limits.timeout_s} s"
+                    )
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise ImageFetchError(f"download of {_short(url)} failed: {type(error).__name__}: {error}") from None
+        return bytes(body)
+
+
+def _short(reference: str, limit: int = 200) -> str:
+    """``reference`` for messages: data URIs and very long URLs are abbreviated."""
+    if reference.startswith("data:"):
+        return reference[:30] + "..."
+    return reference if len(reference) <= limit else reference[:limit] + "..."

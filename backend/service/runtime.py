@@ -1,0 +1,232 @@
+"""The models the service owns: loaded once per process, in a background thread.
+
+:class:`ModelRuntime` loads the foundation models of ``MODEL_PRESET`` (``backend.models``) off the
+request path, so ``/health`` and ``/setup`` answer in milliseconds while loading takes minutes;
+``/predict`` waits for it (up to ``MODEL_LOAD_WAIT`` seconds, then 503). It builds the method
+facades (zero-guidance segmenter, FMbSeg predictor) on demand, caches them per settings, and
+serialises inference (the facades keep per-image state).
+
+The method packages are imported lazily, inside :class:`MethodLibrary`; tests hand the runtime a
+fake library instead, so the service logic is tested without models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+from .config import ServiceConfig
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+FMBSEG_CHECKPOINT_SUBDIR = Path("checkpoints") / "fmbseg"
+
+
+class ModelsNotReady(RuntimeError):
+    """The models are still loading, or failed to load (the message says which)."""
+
+
+class MethodLibrary(Protocol):
+    """What the service needs from the method code (the real one is :class:`DefaultMethodLibrary`)."""
+
+    def load_models(self, preset: str, device: str | None) -> Any:
+        """Load (and warm up) the foundation models of ``preset``; slow."""
+
+    def zero_guidance(self, models: Any, overrides: Mapping[str, Any]) -> Any:
+        """An object with ``segment(image) -> result`` (``result.segments[i].mask/.text/.score``)."""
+
+    def fmbseg(self, models: Any, overrides: Mapping[str, Any], checkpoint: Path | None) -> Any:
+        """An object with ``predict(image, classes=[...], refine=bool) -> .label_map/.class_masks/.classes``."""
+
+
+def build_settings(
+    settings_class: type, preset_overrides: Mapping[str, Any], overrides: Mapping[str, Any], what: str
+) -> Any:
+    """The paper's settings with the preset's overrides, then ours (environment and tag attributes).
+
+    Unknown field names raise a ``ValueError`` that lists the valid ones.
+    """
+    known = {f.name for f in dataclasses.fields(settings_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown {settings_class.__name__} fields {unknown}; valid fields: {sorted(known)}")
+    merged = {**dict(preset_overrides), **dict(overrides)}
+    if hasattr(settings_class, "for_preset"):
+        return settings_class.for_preset(merged)
+    return settings_class(**merged)
+
+
+class DefaultMethodLibrary:
+    """The real methods: ``backend.models``, ``backend.zeroguide``, ``backend.fmbseg`` (lazy imports)."""
+
+    def load_models(self, preset: str, device: str | None) -> Any:
+        from backend.models import load_models
+
+        models = load_models(preset, device=device)
+        started = time.monotonic()
+        models.load()  # build CLIP, DINO, DINOv2 and SAM now, in this background thread
+        logger.info("foundation models %s built in %.1f s", models.loaded(), time.monotonic() - started)
+        return models
+
+    def zero_guidance(self, models: Any, overrides: Mapping[str, Any]) -> Any:
+        from backend.zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
+
+        settings = build_settings(
+            ZeroGuideSettings, models.method_overrides("zeroguide"), overrides, "zero-guidance settings"
+        )
+        return ZeroGuidanceSegmenter(models, settings)
+
+    def fmbseg(self, models: Any, overrides: Mapping[str, Any], checkpoint: Path | None) -> Any:
+        from backend.fmbseg import FMbSegPredictor, FMbSegSettings
+
+        settings = build_settings(FMbSegSettings, models.method_overrides("fmbseg"), overrides, "FMbSeg settings")
+        return FMbSegPredictor(models, settings, checkpoint=checkpoint)
+
+
+def settings_key(overrides: Mapping[str, Any]) -> str:
+    """A canonical JSON string for a settings-override mapping (cache key, version hash input)."""
+    return json.dumps(dict(overrides), sort_keys=True, default=str)
+
+
+class ModelRuntime:
+    """Owns the loaded models and the method facades built on them."""
+
+    def __init__(self, config: ServiceConfig, methods: MethodLibrary | None = None) -> None:
+        self.config = config
+        self.methods: MethodLibrary = methods or DefaultMethodLibrary()
+        self._models: Any = None
+        self._status = "idle"
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._facades: dict[tuple, Any] = {}
+        self._checkpoint_versions: dict[tuple, str] = {}
+        self.load_seconds: float | None = None
+        # The facades keep per-image state (e.g. SAM's image embedding): one inference at a time.
+        self.inference_lock = threading.Lock()
+
+    # ---- loading ------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """``"idle"`` (not started), ``"loading"``, ``"ready"`` or ``"error: <message>"``."""
+        return self._status
+
+    def start_loading(self) -> None:
+        """Start loading in a daemon thread (idempotent)."""
+        with self._lock:
+            if self._status != "idle":
+                return
+            self._status = "loading"
+            self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        logger.info("loading models for preset %r (device=%s)", self.config.model_preset, self.config.device or "auto")
+        try:
+            models = self.methods.load_models(self.config.model_preset, self.config.device)
+        except Exception as error:  # reported by /health and /predict, never raised in a request
+            logger.exception("loading models for preset %r failed", self.config.model_preset)
+            with self._lock:
+                self._status = f"error: {type(error).__name__}: {error}"
+            self._ready.set()
+            return
+        with self._lock:
+            self._models = models
+            self._status = "ready"
+            self.load_seconds = time.monotonic() - started
+        logger.info("models ready in %.1f s", self.load_seconds)
+        self._ready.set()
+
+    def wait_until_ready(self, timeout_s: float) -> Any:
+        """The loaded models; starts loading if needed. Raises :class:`ModelsNotReady`.
+
+        A failed load is not retried (it would fail the same way on every request): fix the
+        cause (see the log) and restart the service.
+        """
+        if self._status == "idle":
+            self.start_loading()
+        self._ready.wait(timeout_s)
+        status = self._status
+        if status == "ready":
+            return self._models
+        if status.startswith("error"):
+            raise ModelsNotReady(f"models failed to load ({status[len('error: '):]}); see the service log")
+        raise ModelsNotReady(
+            f"models are still loading (preset {self.config.model_preset!r}); retry in a minute "
+            f"(waited {timeout_s:.0f} s, MODEL_LOAD_WAIT)"
+        )
+
+    # ---- method facades ---------------------------------------------------------------
+
+    def zero_guidance(self, overrides: Mapping[str, Any]) -> Any:
+        key = ("zero-guidance", settings_key(overrides))
+        return self._facade(key, lambda models: self.methods.zero_guidance(models, overrides))
+
+    def fmbseg(self, overrides: Mapping[str, Any]) -> Any:
+        checkpoint = self.fmbseg_checkpoint()
+        key = ("fmbseg", settings_key(overrides), str(checkpoint), self.checkpoint_version())
+        return self._facade(key, lambda models: self.methods.fmbseg(models, overrides, checkpoint))
+
+    def _facade(self, key: tuple, build: Callable[[Any], Any]) -> Any:
+        models = self.wait_until_ready(self.config.model_load_wait_s)
+        with self._lock:
+            facade = self._facades.get(key)
+        if facade is None:
+            facade = build(models)
+            with self._lock:
+                facade = self._facades.setdefault(key, facade)
+        return facade
+
+    def forget_facades(self) -> None:
+        """Drop cached facades (after training wrote a new checkpoint)."""
+        with self._lock:
+            self._facades.clear()
+
+    # ---- FMbSeg alignment checkpoint -----------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where training writes FMbSeg alignment checkpoints: ``MODEL_DIR/checkpoints/fmbseg``."""
+        return self.config.model_dir / FMBSEG_CHECKPOINT_SUBDIR
+
+    def fmbseg_checkpoint(self) -> Path | None:
+        """``FMBSEG_CHECKPOINT`` if set, else the newest checkpoint file in :attr:`checkpoint_dir`."""
+        if self.config.fmbseg_checkpoint is not None:
+            return self.config.fmbseg_checkpoint
+        if not self.checkpoint_dir.is_dir():
+            return None
+        candidates = [p for p in self.checkpoint_dir.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def checkpoint_version(self) -> str:
+        """``"base"`` without a checkpoint, else ``"<file stem>-<first 8 hex of its SHA-256>"``."""
+        path = self.fmbseg_checkpoint()
+        if path is None:
+            return "base"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ValueError(f"FMbSeg checkpoint {path} does not exist (FMBSEG_CHECKPOINT)") from None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            version = self._checkpoint_versions.get(key)
+        if version is None:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            version = f"{path.stem}-{digest.hexdigest()[:8]}"
+            with self._lock:
+                self._checkpoint_versions[key] = version
+        return version

@@ -1,0 +1,225 @@
+"""The service's model class: the label config decides what is predicted, adapters do the work.
+
+:class:`SegmentationMLBackend` detects one adapter per supported control tag, fetches each task's
+image once, lets every adapter add its regions, validates the result with label-studio-sdk's
+``LabelInterface`` (Label Studio 1.23 rejects a whole batch when one prediction is invalid) and
+isolates failures: a task that fails gets an empty prediction and a logged error, never a failed
+batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Callable
+
+from .. import __version__
+from .adapters import CLASSES, ZERO_GUIDANCE, ControlAdapter, LabelConfigError, detect_adapters, no_adapter_message
+from .config import ServiceConfig
+from .images import ImageFetcher, ImageFetchError
+from .ml_base import MLBackendBase, ModelResponse
+from .runtime import ModelRuntime, ModelsNotReady
+
+logger = logging.getLogger(__name__)
+
+
+def short_hash(payload: Any) -> str:
+    """First 8 hex digits of the SHA-1 of ``payload``'s canonical JSON."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+BRUSH_TYPES = ("brushlabels", "brush")
+_RLE_PLACEHOLDER = [0, 1]  # passes both label-studio-sdk RLE checks; the real RLE is checked by rle_problem
+
+
+def rle_problem(result: dict) -> str | None:
+    """Why a brush result's RLE would not decode in Label Studio, or ``None`` (other types: ``None``).
+
+    The RLE is a byte stream whose first 32 bits hold the number of RGBA values, which must be
+    ``original_width * original_height * 4``.
+    """
+    if result.get("type") not in BRUSH_TYPES:
+        return None
+    rle = (result.get("value") or {}).get("rle")
+    if not isinstance(rle, list) or len(rle) < 4 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rle):
+        return "brush RLE must be a list of at least 4 bytes (0-255)"
+    declared = int.from_bytes(bytes(rle[:4]), "big")
+    expected = int(result.get("original_width", 0)) * int(result.get("original_height", 0)) * 4
+    if declared != expected:
+        return f"brush RLE holds {declared // 4} pixels, but the image is {result.get('original_width')}x{result.get('original_height')}"
+    return None
+
+
+def _sdk_checkable(result: dict) -> dict:
+    """``result`` with its RLE swapped for a placeholder, for label-studio-sdk's structural checks."""
+    if result.get("type") not in BRUSH_TYPES or not isinstance(result.get("value"), dict):
+        return result
+    return {**result, "value": {**result["value"], "rle": _RLE_PLACEHOLDER}}
+
+
+def _clip(errors: list[str], limit: int = 500) -> str:
+    text = "; ".join(errors)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class SegmentationMLBackend(MLBackendBase):
+    """Zero-guidance segments and FMbSeg class masks for the tags of one label config."""
+
+    def __init__(
+        self,
+        label_config: str,
+        project_id: str | None = None,
+        *,
+        config: ServiceConfig,
+        runtime: ModelRuntime,
+        fetcher_for: Callable[[], ImageFetcher],
+        training: Any | None = None,
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self._fetcher_for = fetcher_for
+        self.training = training
+        self.adapters: list[ControlAdapter] = []
+        self.config_error: LabelConfigError | None = None
+        super().__init__(label_config, project_id)
+
+    def setup(self) -> None:
+        try:
+            self.adapters = detect_adapters(self.label_interface, self.config, self.runtime)
+        except LabelConfigError as error:
+            self.config_error = error
+            return
+        if not self.adapters:
+            self.config_error = LabelConfigError(no_adapter_message())
+
+    def check_config(self) -> None:
+        """Raise the :class:`LabelConfigError` that keeps this label config from being served."""
+        if self.config_error is not None:
+            raise self.config_error
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for adapter in self.adapters for problem in adapter.problems]
+
+    # ---- model_version --------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        """``<preset>[-zg.<hash>][-fmbseg.<hash>.<checkpoint>]``.
+
+        Each hash covers the backend version, the image size the model sees and every tag's
+        options and setting overrides (the method defaults are fixed by the backend version).
+        The FMbSeg part ends with the alignment checkpoint (``base`` when there is none).
+        """
+        common = {"backend": __version__, "model_max_pixels": self.config.model_max_pixels}
+        parts = [self.config.model_preset]
+        zero_guidance = [a.version_inputs() for a in self.adapters if a.mode == ZERO_GUIDANCE]
+        if zero_guidance:
+            parts.append(f"zg.{short_hash({**common, 'tags': zero_guidance})}")
+        classes = [a.version_inputs() for a in self.adapters if a.mode == CLASSES]
+        if classes:
+            parts.append(f"fmbseg.{short_hash({**common, 'tags': classes})}.{self.runtime.checkpoint_version()}")
+        return "-".join(parts)
+
+    # ---- predict --------------------------------------------------------------------------
+
+    def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> ModelResponse:
+        self.check_config()
+        if context:
+            logger.info("interactive context ignored: the methods take no clicks; predicting the whole image")
+        version = self.model_version
+        predictions: list[Any] = []
+        warnings: list[str] = []
+        batch_started = time.monotonic()
+        fetcher = self._fetcher_for()
+        for index, task in enumerate(tasks, start=1):
+            task_id = task.get("id")
+            started = time.monotonic()
+            try:
+                prediction = self.predict_task(task, version, fetcher)
+            except ModelsNotReady:
+                raise  # the whole batch waits for the models: 503, Label Studio retries later
+            except Exception as error:  # one bad task never fails the batch
+                reason = f"{type(error).__name__}: {error}"
+                if isinstance(error, (ImageFetchError, LabelConfigError)):
+                    logger.error("task %d/%d (id=%s) failed: %s", index, len(tasks), task_id, reason)
+                else:
+                    logger.exception("task %d/%d (id=%s) failed: %s", index, len(tasks), task_id, reason)
+                warnings.append(f"task {task_id}: {reason}")
+                predictions.append(self.failed_prediction(version))
+                continue
+            predictions.append(prediction)
+            logger.info(
+                "task %d/%d (id=%s): %d results, score %.3f, %.2f s",
+                index, len(tasks), task_id, len(prediction["result"]), prediction["score"], time.monotonic() - started,
+            )
+        logger.info("predicted %d tasks in %.2f s (%d failed)", len(tasks), time.monotonic() - batch_started, len(warnings))
+        return ModelResponse(
+            predictions=predictions, model_version=version, warnings=warnings + self.problems, failed_tasks=len(warnings)
+        )
+
+    def failed_prediction(self, version: str) -> Any:
+        """What a failed task gets: an empty prediction, or (``FAILED_TASK_REPLY=none``) nothing."""
+        if self.config.failed_task_reply == "none":
+            return []  # Label Studio stores no prediction and asks again next time
+        return {"result": [], "score": 0.0, "model_version": version}
+
+    def predict_task(self, task: dict, version: str, fetcher: ImageFetcher) -> dict:
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise ValueError("task has no 'data' object")
+        images: dict[str, Any] = {}
+        cache: dict = {}
+        results: list[dict] = []
+        for adapter in self.adapters:
+            if adapter.image_key not in images:
+                reference = data.get(adapter.image_key)
+                if reference is None:
+                    raise ImageFetchError(
+                        f"task data has no '{adapter.image_key}' (the <Image value=\"${adapter.image_key}\"> field)"
+                    )
+                images[adapter.image_key] = fetcher.load(reference)
+            results.extend(adapter.predict_regions(images[adapter.image_key], cache))
+        results = self.validated(results)
+        scores = [r["score"] for r in results if isinstance(r.get("score"), (int, float))]
+        prediction = {
+            "result": results,
+            "score": float(sum(scores) / len(scores)) if scores else 0.0,
+            "model_version": version,
+        }
+        errors = self.label_interface.validate_prediction(
+            {**prediction, "result": [_sdk_checkable(r) for r in results]}, return_errors=True
+        )
+        if errors:
+            raise RuntimeError(f"prediction failed validation against the label config: {_clip(errors)}")
+        return prediction
+
+    def validated(self, results: list[dict]) -> list[dict]:
+        """``results`` without the regions Label Studio would reject (all results of a bad region id).
+
+        Structure, names and labels are checked by label-studio-sdk's ``LabelInterface``; brush
+        RLEs by :func:`rle_problem` (label-studio-sdk 2.0.x's own RLE check rejects valid Label
+        Studio RLEs; Label Studio 1.23.2 itself ships 2.1.2, whose check is the byte range).
+        """
+        bad_ids = set()
+        for index, result in enumerate(results):
+            errors = self.label_interface.validate_region(_sdk_checkable(result), return_errors=True, region_index=index)
+            problem = rle_problem(result)
+            if problem:
+                errors = [*errors, f"Region {index}: {problem}"]
+            if errors:
+                bad_ids.add(result.get("id"))
+                logger.error("dropping region %s: %s", result.get("id"), _clip(errors))
+        return [result for result in results if result.get("id") not in bad_ids]
+
+    # ---- fit ------------------------------------------------------------------------------
+
+    def fit(self, event: str, data: dict, **kwargs: Any) -> dict | None:
+        """``START_TRAINING`` runs the registered training hook; other events need no work here
+        (human annotations are stored by the webhook handler before it answers)."""
+        if event == "START_TRAINING" and self.training is not None:
+            return self.training.run(project_id=self.project_id, label_config=self.label_config, event=data)
+        return None

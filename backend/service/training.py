@@ -1,0 +1,186 @@
+"""Retraining on human corrections: a hook the FMbSeg side provides, run on ``START_TRAINING``.
+
+The service does not train anything itself. A *training hook* is any callable taking a
+:class:`TrainingRequest` and returning an optional JSON-able summary (e.g. the path of the new
+checkpoint). Register it with ``create_app(training_hook=...)`` or ``TRAINING_HOOK=pkg.mod:func``.
+The hook should write alignment checkpoints into ``request.checkpoint_dir``: the newest file there
+becomes the checkpoint FMbSeg predicts with, and its name enters ``model_version``, so Label
+Studio re-predicts with the new model. Status and history are reported by ``GET /metrics``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .annotations import AnnotationStore
+from .runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What a training hook gets.
+
+    ``annotations``: the current human annotations of the project, as stored by
+    :class:`AnnotationStore` (records with ``annotation``, ``task``, ``project_id``...).
+    """
+
+    project_id: int | None
+    label_config: str | None
+    annotations: list[dict]
+    model_dir: Path
+    checkpoint_dir: Path
+    preset: str
+    event: Mapping[str, Any]
+
+
+TrainingHook = Callable[[TrainingRequest], Any]
+
+
+def import_hook(path: str) -> TrainingHook:
+    """``"package.module:function"`` -> the callable (``ValueError`` when it cannot be found)."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"TRAINING_HOOK={path!r}: cannot import {module_name!r}: {error}") from None
+    hook = getattr(module, attribute, None)
+    if not callable(hook):
+        raise ValueError(f"TRAINING_HOOK={path!r}: {module_name}.{attribute} is not a callable")
+    return hook
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class TrainingCoordinator:
+    """Runs the training hook (from the background queue) and keeps its status."""
+
+    def __init__(
+        self,
+        store: AnnotationStore,
+        runtime: ModelRuntime,
+        hook: TrainingHook | None = None,
+        hook_path: str | None = None,
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self._hook = hook
+        self._hook_path = hook_path
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "state": "idle",
+            "requested": 0,
+            "runs": 0,
+            "failures": 0,
+            "last_started_at": None,
+            "last_finished_at": None,
+            "last_duration_s": None,
+            "last_error": None,
+            "last_result": None,
+        }
+
+    def register(self, hook: TrainingHook) -> None:
+        """Set the training hook (replaces any earlier one)."""
+        if not callable(hook):
+            raise ValueError(f"training hook must be callable, got {hook!r}")
+        with self._lock:
+            self._hook = hook
+
+    @property
+    def has_hook(self) -> bool:
+        return self._hook is not None or self._hook_path is not None
+
+    def _resolve_hook(self) -> TrainingHook | None:
+        with self._lock:
+            if self._hook is None and self._hook_path is not None:
+                self._hook = import_hook(self._hook_path)
+            return self._hook
+
+    def note_requested(self) -> None:
+        with self._lock:
+            self._status["requested"] += 1
+            if self._status["state"] in ("idle", "succeeded", "failed", "skipped: no training hook registered"):
+                self._status["state"] = "queued"
+
+    def run(self, project_id: Any, label_config: str | None, event: Mapping[str, Any]) -> dict[str, Any]:
+        """Run the hook now (called from the background queue); returns the status."""
+        try:
+            hook = self._resolve_hook()
+        except ValueError as error:
+            return self._finish_failed(str(error), time.monotonic())
+        if hook is None:
+            logger.warning("START_TRAINING received but no training hook is registered (TRAINING_HOOK)")
+            with self._lock:
+                self._status["state"] = "skipped: no training hook registered"
+                return dict(self._status)
+        try:
+            project = int(project_id) if project_id is not None else None
+        except (TypeError, ValueError):
+            project = None
+        request = TrainingRequest(
+            project_id=project,
+            label_config=label_config,
+            annotations=self.store.current(project),
+            model_dir=self.runtime.config.model_dir,
+            checkpoint_dir=self.runtime.checkpoint_dir,
+            preset=self.runtime.config.model_preset,
+            event=event,
+        )
+        started = time.monotonic()
+        with self._lock:
+            self._status.update(state="running", last_started_at=_now())
+        logger.info("training started: project %s, %d annotations", project, len(request.annotations))
+        try:
+            result = hook(request)
+        except Exception as error:
+            logger.exception("training hook failed")
+            return self._finish_failed(f"{type(error).__name__}: {error}", started)
+        self.runtime.forget_facades()  # the next prediction loads the newest checkpoint
+        with self._lock:
+            self._status.update(
+                state="succeeded",
+                runs=self._status["runs"] + 1,
+                last_finished_at=_now(),
+                last_duration_s=round(time.monotonic() - started, 3),
+                last_error=None,
+                last_result=_jsonable(result),
+            )
+            logger.info("training finished in %.1f s", self._status["last_duration_s"])
+            return dict(self._status)
+
+    def _finish_failed(self, message: str, started: float) -> dict[str, Any]:
+        with self._lock:
+            self._status.update(
+                state="failed",
+                runs=self._status["runs"] + 1,
+                failures=self._status["failures"] + 1,
+                last_finished_at=_now(),
+                last_duration_s=round(time.monotonic() - started, 3),
+                last_error=message,
+            )
+            return dict(self._status)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self._status, "hook_registered": self.has_hook}
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-friendly copy of a hook's return value (paths and other objects as strings)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)

@@ -1,0 +1,143 @@
+"""``POST /webhook``: Label Studio events, answered within its 1 s timeout.
+
+* ``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` (and bulk ``ANNOTATIONS_CREATED``): the human
+  annotation is stored durably *before* answering (a few milliseconds: one fsync'd file), then
+  ``fit(event, data)`` is queued.
+* ``ANNOTATIONS_DELETED`` (Label Studio's name; ``ANNOTATION_DELETED`` is accepted too): a
+  tombstone per annotation id.
+* ``START_TRAINING``: queued; the background worker calls ``fit``, which runs the training hook.
+* Anything else (``TASKS_CREATED``, ``PROJECT_UPDATED``, ...): ``200 {"status": "ignored"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from .annotations import AnnotationStore
+from .jobs import BackgroundQueue
+from .metrics import ServiceMetrics
+from .ml_base import MLBackendBase
+from .training import TrainingCoordinator
+
+logger = logging.getLogger(__name__)
+
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
+DELETE_EVENTS = ("ANNOTATIONS_DELETED", "ANNOTATION_DELETED")
+TRAINING_EVENT = "START_TRAINING"
+
+
+class PayloadError(ValueError):
+    """A request body that does not have the expected shape (answered with 400)."""
+
+
+def _project_of(data: dict) -> tuple[int | None, str | None]:
+    """``(project id, label config)`` from the webhook's ``project`` object, if any."""
+    project = data.get("project")
+    if isinstance(project, dict):
+        project_id = project.get("id")
+        label_config = project.get("label_config")
+        return (
+            project_id if isinstance(project_id, int) and not isinstance(project_id, bool) else None,
+            label_config if isinstance(label_config, str) else None,
+        )
+    if isinstance(project, int) and not isinstance(project, bool):
+        return project, None
+    return None, None
+
+
+class WebhookProcessor:
+    """Dispatches webhook events to the store, the background queue and the model's ``fit``."""
+
+    def __init__(
+        self,
+        store: AnnotationStore,
+        jobs: BackgroundQueue,
+        metrics: ServiceMetrics,
+        training: TrainingCoordinator,
+        model_for: Callable[[str, str | None], MLBackendBase],
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.metrics = metrics
+        self.training = training
+        self.model_for = model_for
+
+    def handle(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise PayloadError("webhook body must be a JSON object with an 'action'")
+        action = data.get("action")
+        if not isinstance(action, str) or not action:
+            raise PayloadError("webhook body has no 'action' string")
+        self.metrics.increment("webhooks", "events", action)
+        if action in ANNOTATION_EVENTS:
+            return self._annotations(action, data)
+        if action in DELETE_EVENTS:
+            return self._deleted(action, data)
+        if action == TRAINING_EVENT:
+            return self._training(data)
+        self.metrics.increment("webhooks", "ignored")
+        return {"status": "ignored", "action": action}
+
+    def _annotations(self, action: str, data: dict) -> dict[str, Any]:
+        annotations = data.get("annotation")
+        tasks = data.get("task")
+        if isinstance(annotations, dict):
+            pairs = [(annotations, tasks if isinstance(tasks, dict) else None)]
+        elif isinstance(annotations, list) and annotations:
+            by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)} if isinstance(tasks, list) else {}
+            pairs = [(a, by_id.get(a.get("task")) if isinstance(a, dict) else None) for a in annotations]
+        else:
+            raise PayloadError(f"{action} needs an 'annotation' object")
+        project_id, label_config = _project_of(data)
+        outcomes = []
+        for annotation, task in pairs:
+            if not isinstance(annotation, dict) or "id" not in annotation:
+                raise PayloadError(f"{action}: every annotation needs an 'id'")
+            try:
+                outcome = self.store.save(
+                    annotation, event=action, project_id=project_id, task=task, label_config=label_config
+                )
+            except ValueError as error:
+                raise PayloadError(f"{action}: {error}") from None
+            self.metrics.increment("webhooks", "stored" if outcome.stored else "duplicates")
+            outcomes.append({"annotation": outcome.annotation_id, "status": outcome.status})
+            logger.info("%s: annotation %s %s", action, outcome.annotation_id, outcome.status)
+        if any(o["status"] == "stored" for o in outcomes) and label_config:
+            self.jobs.submit(f"fit {action}", self._fit, action, data, label_config, project_id)
+        status = "stored" if any(o["status"] == "stored" for o in outcomes) else "duplicate"
+        return {"status": status, "annotations": outcomes}
+
+    def _deleted(self, action: str, data: dict) -> dict[str, Any]:
+        items = data.get("annotations", data.get("annotation"))
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list) or not items:
+            raise PayloadError(f"{action} needs an 'annotations' list of {{'id': ...}}")
+        project_id, _ = _project_of(data)
+        outcomes = []
+        for item in items:
+            annotation_id = item.get("id") if isinstance(item, dict) else item
+            try:
+                outcome = self.store.delete(annotation_id, project_id=project_id, event=action)
+            except ValueError as error:
+                raise PayloadError(f"{action}: {error}") from None
+            self.metrics.increment("webhooks", "deleted" if outcome.stored else "duplicates")
+            outcomes.append({"annotation": outcome.annotation_id, "status": "deleted" if outcome.stored else "duplicate"})
+        return {"status": "deleted", "annotations": outcomes}
+
+    def _training(self, data: dict) -> dict[str, Any]:
+        project_id, label_config = _project_of(data)
+        self.training.note_requested()
+        self.jobs.submit(f"{TRAINING_EVENT} project {project_id}", self._fit, TRAINING_EVENT, data, label_config, project_id)
+        status = "training queued" if self.training.has_hook else "ignored: no training hook registered"
+        return {"status": status}
+
+    def _fit(self, event: str, data: dict, label_config: str | None, project_id: int | None) -> None:
+        """Background: build the project's model and hand it the event."""
+        if label_config is None:
+            if event == TRAINING_EVENT:
+                self.training.run(project_id=project_id, label_config=None, event=data)
+            return
+        model = self.model_for(label_config, None if project_id is None else str(project_id))
+        model.fit(event, data)
