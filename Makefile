@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:  `make run` starts the backend, `make test` runs every test.
+PYTHON ?= python3
+VENV ?= .venv
+export LS_VENV ?= $(CURDIR)/.ls-venv
+
+.PHONY: install run test unit e2e-deps bench
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## Start the ML backend on $PORT (default 9090) with $MODEL_PRESET (default cpu).
+run: install
+	$(VENV)/bin/python -m backend
+
+## Real Label Studio (own venv) and Debian's chromium for the end-to-end and browser suites.
+e2e-deps:
+	scripts/install-label-studio.sh
+	scripts/install-browser.sh || echo "chromium could not be installed: browser tests will skip (fail if REQUIRE_E2E=1)"
+
+## Every test: unit tests on the tiny preset, a real Label Studio server, a headless browser.
+test: install e2e-deps
+	$(VENV)/bin/python -m pytest
+
+## Unit tests only (no Label Studio server, no browser).
+unit: install
+	$(VENV)/bin/python -m pytest -m "not e2e and not browser"
+
+bench: install
+	for b in bench/bench_*.py; do PYTHONPATH=. $(VENV)/bin/python $$b || exit 1; done
