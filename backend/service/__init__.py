@@ -3,11 +3,10 @@
 ``create_app(config)`` builds the Flask app (``backend.service.app``); ``python -m backend``
 serves it with gunicorn (``backend.service.server``). See docs/service.md.
 
-Exports are resolved lazily so that light modules (e.g. ``backend.service.annotations``) can be
+Exports are resolved lazily so that light modules (e.g. ``backend.service.annotation_store``) can be
 imported without Flask or label-studio-sdk.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -22,10 +22,11 @@ from typing import Any
 
 import requests
 from flask import Flask, Response, jsonify, request
+from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException
 from werkzeug.exceptions import HTTPException
 
 from .adapters import LabelConfigError
-from .annotations import AnnotationStore
+from .annotation_store import AnnotationStore
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageLimits
 from .jobs import BackgroundQueue
@@ -39,6 +40,8 @@ from .webhooks import PayloadError, WebhookProcessor
 logger = logging.getLogger(__name__)
 
 MODEL_CACHE_SIZE = 16
+# What label-studio-sdk's LabelInterface raises for a label config that is not valid XML.
+LABEL_CONFIG_PARSE_ERRORS = (LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException)
 MAX_REQUEST_BYTES = 200 * 1024 * 1024
 
 
@@ -158,10 +161,8 @@ def _parse_model(service: SegmentationService, label_config: Any, project: str |
         raise PayloadError("the label config is missing or not a string")
     try:
         return service.model_for(label_config, project)
-    except LabelConfigError:
-        raise
-    except Exception as error:  # XML syntax errors and friends from LabelInterface
-        raise PayloadError(f"the label config cannot be parsed: {type(error).__name__}: {error}") from None
+    except LABEL_CONFIG_PARSE_ERRORS as error:
+        raise PayloadError(f"the label config cannot be parsed: {error}") from None
 
 
 def create_app(

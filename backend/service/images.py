@@ -155,9 +155,9 @@ def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> L
             raise ImageFetchError(f"{source}: image data is corrupt or truncated ({error})") from None
         if rgb.size != target:
             rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        pixels = np.asarray(rgb, dtype=np.uint8)
+        pixels = np.array(rgb, dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
     return LoadedImage(
-        pixels=np.ascontiguousarray(pixels),
+        pixels=pixels,
         original_width=original_width,
         original_height=original_height,
         source=source,

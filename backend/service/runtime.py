@@ -64,7 +64,14 @@ def build_settings(
 
 
 class DefaultMethodLibrary:
-    """The real methods: ``backend.models``, ``backend.zeroguide``, ``backend.fmbseg`` (lazy imports)."""
+    """The real methods: ``backend.models``, ``backend.zeroguide``, ``backend.fmbseg`` (lazy imports).
+
+    ``cache_dir`` (``MODEL_DIR/caches``) holds what the methods may cache on disk, e.g. the retrieval
+    captioner's vocabulary embeddings, so a restart does not recompute them.
+    """
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
 
     def load_models(self, preset: str, device: str | None) -> Any:
         from backend.models import load_models
@@ -81,6 +88,9 @@ class DefaultMethodLibrary:
         settings = build_settings(
             ZeroGuideSettings, models.method_overrides("zeroguide"), overrides, "zero-guidance settings"
         )
+        if settings.captioner == "retrieval" and self.cache_dir is not None and "cache_dir" not in settings.captioner_options:
+            options = {**dict(settings.captioner_options), "cache_dir": str(self.cache_dir / "zeroguide-captioning")}
+            settings = settings.replace(captioner_options=options)  # where it caches; not what it predicts
         return ZeroGuidanceSegmenter(models, settings)
 
     def fmbseg(self, models: Any, overrides: Mapping[str, Any], checkpoint: Path | None) -> Any:
@@ -88,6 +98,12 @@ class DefaultMethodLibrary:
 
         settings = build_settings(FMbSegSettings, models.method_overrides("fmbseg"), overrides, "FMbSeg settings")
         return FMbSegPredictor(models, settings, checkpoint=checkpoint)
+
+    def warm_up(self, kind: str, facade: Any) -> None:
+        """Pay a facade's one-off costs now (the retrieval captioner embeds its whole vocabulary)."""
+        if kind == "zero-guidance":
+            captioner = getattr(facade, "captioner", None)
+            getattr(captioner, "vocabulary_embeddings", None)
 
 
 def settings_key(overrides: Mapping[str, Any]) -> str:
@@ -100,7 +116,7 @@ class ModelRuntime:
 
     def __init__(self, config: ServiceConfig, methods: MethodLibrary | None = None) -> None:
         self.config = config
-        self.methods: MethodLibrary = methods or DefaultMethodLibrary()
+        self.methods: MethodLibrary = methods or DefaultMethodLibrary(cache_dir=config.model_dir / "caches")
         self._models: Any = None
         self._status = "idle"
         self._ready = threading.Event()
@@ -139,12 +155,34 @@ class ModelRuntime:
                 self._status = f"error: {type(error).__name__}: {error}"
             self._ready.set()
             return
+        self._warm_up(models)
         with self._lock:
             self._models = models
             self._status = "ready"
             self.load_seconds = time.monotonic() - started
         logger.info("models ready in %.1f s", self.load_seconds)
         self._ready.set()
+
+    def _warm_up(self, models: Any) -> None:
+        """Build the default facades before reporting "ready", so the first /predict is not the
+        slow one. Failures are logged, not fatal: a method that cannot be built fails its tasks."""
+        warm_up = getattr(self.methods, "warm_up", None)
+        builders = {
+            "zero-guidance": (
+                ("zero-guidance", settings_key(self.config.zeroguide_settings)),
+                lambda m: self.methods.zero_guidance(m, self.config.zeroguide_settings),
+            ),
+        }
+        for kind, (key, build) in builders.items():
+            started = time.monotonic()
+            try:
+                facade = self._facade(key, build, models=models)
+                if warm_up is not None:
+                    warm_up(kind, facade)
+            except Exception:
+                logger.warning("warming up %s failed; its tasks will report the error", kind, exc_info=True)
+                continue
+            logger.info("%s ready in %.1f s", kind, time.monotonic() - started)
 
     def wait_until_ready(self, timeout_s: float) -> Any:
         """The loaded models; starts loading if needed. Raises :class:`ModelsNotReady`.
@@ -176,8 +214,9 @@ class ModelRuntime:
         key = ("fmbseg", settings_key(overrides), str(checkpoint), self.checkpoint_version())
         return self._facade(key, lambda models: self.methods.fmbseg(models, overrides, checkpoint))
 
-    def _facade(self, key: tuple, build: Callable[[Any], Any]) -> Any:
-        models = self.wait_until_ready(self.config.model_load_wait_s)
+    def _facade(self, key: tuple, build: Callable[[Any], Any], models: Any = None) -> Any:
+        if models is None:
+            models = self.wait_until_ready(self.config.model_load_wait_s)
         with self._lock:
             facade = self._facades.get(key)
         if facade is None:

@@ -64,5 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    # Import Flask and label-studio-sdk (seconds) before gunicorn binds the port, so that once the
+    # port accepts connections the worker answers /health at once. Only imports: no threads or
+    # models before the fork (those start in the worker, in create_app).
+    from . import app  # noqa: F401
+
     GunicornServer(config).run()
     return 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .annotations import AnnotationStore
+from .annotation_store import AnnotationStore
 from .runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .annotations import AnnotationStore
+from .annotation_store import AnnotationStore
 from .jobs import BackgroundQueue
 from .metrics import ServiceMetrics
 from .ml_base import MLBackendBase

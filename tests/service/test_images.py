@@ -26,6 +26,7 @@ def test_public_url_is_fetched_and_decoded(fake_ls):
     assert (loaded.original_width, loaded.original_height) == (32, 24)
     np.testing.assert_array_equal(loaded.pixels, sample_image(32, 24))
     assert not loaded.is_downscaled
+    assert loaded.pixels.flags.writeable and loaded.pixels.flags.c_contiguous  # method code may write
 
 
 def test_corrupt_file_is_a_clear_error(fake_ls):
