@@ -61,6 +61,12 @@ def _check_points(points) -> np.ndarray:
     return points
 
 
+def normalize_rows(points: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Each row divided by its L2 norm (rows of zeros stay zero)."""
+    points = np.asarray(points, dtype=np.float64)
+    return points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), eps)
+
+
 def condensed_euclidean_distances(points: np.ndarray, *, block_rows: int = 1024) -> np.ndarray:
     """Pairwise Euclidean distances in scipy's condensed form, computed with matrix products.
 
@@ -170,9 +176,7 @@ class SegmentTree:
         height, width = (int(v) for v in grid_shape)
         n_points = height * width
         if features.ndim != 2 or features.shape[0] != n_points:
-            raise ValueError(
-                f"features must be (h*w, C) = ({n_points}, C) for grid {grid_shape}, got {features.shape}"
-            )
+            raise ValueError(f"features must be (h*w, C) = ({n_points}, C) for grid {grid_shape}, got {features.shape}")
         if n_points < 2 or linkage.shape != (n_points - 1, 4):
             raise ValueError(f"linkage must have shape ({n_points - 1}, 4) for {n_points} points, got {linkage.shape}")
         children = linkage[:, :2].astype(np.int64)
@@ -433,12 +437,6 @@ def find_segment_candidates(
         tree, clusters, similarity_threshold=similarity_threshold, always_split_root=always_split_root
     )
     return SegmentCandidates(tree=tree, cluster_ids=clusters, segment_ids=segments, label_map=tree.label_map(segments))
-
-
-def normalize_rows(points: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Each row divided by its L2 norm (rows of zeros stay zero)."""
-    points = np.asarray(points, dtype=np.float64)
-    return points / np.maximum(np.linalg.norm(points, axis=-1, keepdims=True), eps)
 
 
 def masks_from_label_map(label_map, segment_ids) -> dict[int, np.ndarray]:

@@ -97,7 +97,9 @@ def merge_score(a: SegmentDescription, b: SegmentDescription) -> float:
     return float((visual + text) / 2)
 
 
-def _restricted_structure(tree: SegmentTree, segment_ids: list[int]) -> tuple[dict[int, tuple[int, int]], dict[int, int]]:
+def _restricted_structure(
+    tree: SegmentTree, segment_ids: list[int]
+) -> tuple[dict[int, tuple[int, int]], dict[int, int]]:
     """The tree restricted to the segments: binary nodes above them, with children and parents.
 
     Returns:
