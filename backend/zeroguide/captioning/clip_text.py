@@ -5,8 +5,8 @@ the retrieval vocabulary once, ZeroCap's candidate texts 512 at a time per beam 
 Two exact savings (same numbers as ``CLIP.encode_text`` up to float rounding):
 
 1. **Trimming.** The tower is causal and pools the end-of-text (EOT) token, so padding after the
-   EOT never reaches the pooled feature: sequences run at the length of the longest text in the
-   batch, not at the 77-token context length.
+   EOT never reaches the pooled feature: texts are batched by their exact token count and run at
+   that length, not at the 77-token context length.
 2. **Prefix key/value cache.** ZeroCap's candidate texts are one prefix ("Image of a dog on")
    followed by one GPT-2 token each. The prefix's keys and values are computed once per layer and
    only each candidate's tail (its own tokens and the EOT) runs through the tower, attending to
@@ -14,7 +14,8 @@ Two exact savings (same numbers as ``CLIP.encode_text`` up to float rounding):
    last word without a space ("a" + "n" = "an") changes that word's tokens: each candidate shares
    the cache only up to the longest common prefix of its own tokens and the prefix's tokens (the
    last whole word at worst), and re-encodes the rest. The keys and values at a position depend
-   only on the tokens up to it, so any shared length is exact.
+   only on the tokens up to it, so any shared length is exact. Tails of all beams run as one
+   batch through the linear layers; attention reads each beam's cached keys and values in place.
 
 Only open_clip's ``CLIP`` with its built-in text transformer is supported (all presets here);
 ``CustomTextCLIP`` (Hugging Face text towers) is rejected with a clear error.
@@ -112,7 +113,7 @@ class ClipTextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
         """Embed texts with sequences trimmed to each batch's longest text.
 
-        Texts are sorted by token count so each batch trims to a similar length.
+        Texts are batched by token count, so no batch carries padding.
 
         Returns:
             ``(n, D)`` float32 unit-norm embeddings, in the order of ``texts``.
@@ -121,21 +122,16 @@ class ClipTextEncoder:
 
     @torch.no_grad()
     def encode_tokens(self, token_lists: Sequence[Sequence[int]], batch_size: int = DEFAULT_BATCH_SIZE) -> Tensor:
-        """Embed token lists (start-of-text ... end-of-text) trimmed to each batch's longest one.
+        """Embed token lists (start-of-text ... end-of-text), batched by exact length (no padding).
 
         Returns:
             ``(n, D)`` float32 unit-norm embeddings.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        count = len(token_lists)
-        out = torch.empty(count, self.embed_dim, dtype=torch.float32, device=self.device)
-        if count == 0:
-            return out
-        order = sorted(range(count), key=lambda index: len(token_lists[index]))
-        for start in range(0, count, batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self._encode_trimmed([token_lists[index] for index in chunk])
+        out = torch.empty(len(token_lists), self.embed_dim, dtype=torch.float32, device=self.device)
+        for batch in _batches_by_key([len(tokens) for tokens in token_lists], batch_size):
+            out[batch] = self._encode_trimmed([token_lists[index] for index in batch])
         return out
 
     @property
@@ -180,11 +176,9 @@ class ClipTextEncoder:
         model = self.model
         cast_dtype = model.transformer.get_cast_dtype()
         x = model.token_embedding(ids).to(cast_dtype) + model.positional_embedding[: ids.shape[1]].to(cast_dtype)
-        length = ids.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
         keys, values = [], []
         for block in self._blocks:
-            x, block_keys, block_values = _block_forward(block, x, None, None, causal[None, None])
+            x, block_keys, block_values = _block_forward_prefix(block, x)
             keys.append(block_keys[0])
             values.append(block_values[0])
         return PrefixState(tuple(token_ids), tuple(keys), tuple(values))
@@ -216,17 +210,14 @@ class ClipTextEncoder:
             _common_prefix_length(prefixes[row].token_ids, tokens) for row, tokens in zip(prefix_index, token_lists)
         ]
         out = torch.empty(len(texts), self.embed_dim, dtype=torch.float32, device=self.device)
-        if len(texts) == 0:
-            return out
-        # Group by tail length so padding stays small.
-        order = sorted(range(len(texts)), key=lambda index: len(token_lists[index]) - shared[index])
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self._encode_tails(
+        # Batches of equal tail length (no padding), sorted by prefix inside a batch.
+        tail_lengths = [len(tokens) - length for tokens, length in zip(token_lists, shared)]
+        for batch in _batches_by_key(tail_lengths, batch_size, secondary=list(prefix_index)):
+            out[batch] = self._encode_tails(
                 prefixes,
-                [prefix_index[index] for index in chunk],
-                [shared[index] for index in chunk],
-                [token_lists[index][shared[index] :] for index in chunk],
+                [prefix_index[index] for index in batch],
+                [shared[index] for index in batch],
+                [token_lists[index][shared[index] :] for index in batch],
             )
         return out
 
@@ -237,42 +228,41 @@ class ClipTextEncoder:
         shared: list[int],
         tails: list[list[int]],
     ) -> Tensor:
+        """Tails of one length, grouped by prefix (``rows`` sorted): linear layers run on the whole
+        batch, attention per prefix group against that prefix's cached keys and values (no copies)."""
         device = self.device
         model = self.model
         cast_dtype = model.transformer.get_cast_dtype()
-        count = len(tails)
-        tail_length = max(len(tail) for tail in tails)
-        longest_prefix = max(len(prefixes[row].token_ids) for row in set(rows))
-
-        ids = torch.zeros(count, tail_length, dtype=torch.long, device=device)
-        for index, tail in enumerate(tails):
-            ids[index, : len(tail)] = torch.as_tensor(tail, dtype=torch.long)
+        ids = torch.as_tensor(tails, dtype=torch.long, device=device)  # (n, T)
+        count, tail_length = ids.shape
         shared_t = torch.as_tensor(shared, dtype=torch.long, device=device)
-        offsets = torch.arange(tail_length, device=device)
-        # Real tokens sit at shared + offset < context length (the tokenizer truncates); only
-        # padding can run past it, and padding never reaches an EOT.
-        positions = (shared_t[:, None] + offsets[None, :]).clamp(max=self.context_length - 1)
+        positions = shared_t[:, None] + torch.arange(tail_length, device=device)[None, :]
         x = model.token_embedding(ids).to(cast_dtype) + model.positional_embedding[positions].to(cast_dtype)
-
-        # Attention mask (True = attend): cached prefix positions j < shared[i], then causal in the tail.
-        prefix_visible = torch.arange(longest_prefix, device=device)[None, :] < shared_t[:, None]  # (n, P)
-        tail_causal = torch.ones(tail_length, tail_length, dtype=torch.bool, device=device).tril()  # (T, T)
-        mask = torch.cat(
-            [prefix_visible[:, None, :].expand(count, tail_length, longest_prefix), tail_causal.expand(count, -1, -1)],
-            dim=-1,
-        )[:, None]  # (n, 1, T, P + T)
-
-        distinct_rows = sorted(set(rows))
-        row_slot = {row: slot for slot, row in enumerate(distinct_rows)}
-        gather = torch.as_tensor([row_slot[row] for row in rows], dtype=torch.long, device=device)
+        groups = []  # (prefix, start, stop) of consecutive candidates with the same prefix
+        start = 0
+        for index in range(1, count + 1):
+            if index == count or rows[index] != rows[start]:
+                groups.append((prefixes[rows[start]], start, index))
+                start = index
         for layer, block in enumerate(self._blocks):
-            past_keys = _stack_padded([prefixes[row].keys[layer] for row in distinct_rows], longest_prefix)
-            past_values = _stack_padded([prefixes[row].values[layer] for row in distinct_rows], longest_prefix)
-            x, _, _ = _block_forward(block, x, past_keys[gather], past_values[gather], mask)
+            cached = [(prefix.keys[layer], prefix.values[layer], start, stop) for prefix, start, stop in groups]
+            x = _block_forward_cached(block, x, cached, shared_t)
         x = model.ln_final(x)
-        eot_positions = torch.as_tensor([len(tail) - 1 for tail in tails], device=device)
-        pooled = x[torch.arange(count, device=device), eot_positions]
-        return self._project(pooled)
+        return self._project(x[:, -1])  # every tail ends with its EOT
+
+
+def _batches_by_key(keys: Sequence[int], batch_size: int, secondary: Sequence[int] | None = None) -> list[list[int]]:
+    """Indices grouped by equal ``keys`` (sorted by ``secondary`` inside a group), in chunks of ``batch_size``."""
+    groups: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    batches = []
+    for key in sorted(groups):
+        members = groups[key]
+        if secondary is not None:
+            members = sorted(members, key=lambda index: secondary[index])
+        batches.extend(members[start : start + batch_size] for start in range(0, len(members), batch_size))
+    return batches
 
 
 def _common_prefix_length(prefix: Sequence[int], tokens: Sequence[int]) -> int:
@@ -284,30 +274,10 @@ def _common_prefix_length(prefix: Sequence[int], tokens: Sequence[int]) -> int:
     return length
 
 
-def _stack_padded(tensors: list[Tensor], length: int) -> Tensor:
-    """Stack ``(heads, P_i, head_dim)`` tensors into ``(n, heads, length, head_dim)``, zero-padded."""
-    heads, _, head_dim = tensors[0].shape
-    out = tensors[0].new_zeros(len(tensors), heads, length, head_dim)
-    for index, tensor in enumerate(tensors):
-        out[index, :, : tensor.shape[1]] = tensor
-    return out
+def _block_forward_prefix(block: torch.nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """open_clip ``ResidualAttentionBlock.forward`` (causal), also returning the block's keys and values.
 
-
-def _block_forward(
-    block: torch.nn.Module,
-    x: Tensor,
-    past_keys: Tensor | None,
-    past_values: Tensor | None,
-    mask: Tensor,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """open_clip ``ResidualAttentionBlock.forward`` with keys and values from a cache prepended.
-
-    x: ``(n, T, width)``; past_keys/values: ``(n, heads, P, head_dim)`` or None; mask: boolean,
-    broadcastable to ``(n, heads, T, P + T)``, True where attention is allowed.
-
-    Returns:
-        new x ``(n, T, width)``, and this block's keys and values for the T new tokens
-        ``(n, heads, T, head_dim)``.
+    x: ``(n, T, width)``. Returns the new x and keys/values ``(n, heads, T, head_dim)``.
     """
     attention = block.attn
     heads = attention.num_heads
@@ -320,10 +290,50 @@ def _block_forward(
         return tensor.reshape(count, length, heads, head_dim).transpose(1, 2)
 
     query, key, value = split_heads(query), split_heads(key), split_heads(value)
-    all_keys = key if past_keys is None else torch.cat([past_keys, key], dim=2)
-    all_values = value if past_values is None else torch.cat([past_values, value], dim=2)
-    attended = F.scaled_dot_product_attention(query, all_keys, all_values, attn_mask=mask)
+    attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)
     attended = attention.out_proj(attended.transpose(1, 2).reshape(count, length, width))
     x = x + block.ls_1(attended)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, key, value
+
+
+def _block_forward_cached(
+    block: torch.nn.Module,
+    x: Tensor,
+    groups: list[tuple[Tensor, Tensor, int, int]],
+    shared: Tensor,
+) -> Tensor:
+    """open_clip ``ResidualAttentionBlock.forward`` for tails that continue cached prefixes.
+
+    x: ``(n, T, width)`` tail tokens; groups: ``(keys, values, start, stop)`` with the prefix's
+    cached ``(heads, P, head_dim)`` keys and values for the rows ``start:stop`` of x; shared:
+    ``(n,)`` how many leading prefix positions each row may attend to (its common prefix length).
+    softmax over [prefix keys < shared, tail keys causal], computed without copying the prefix cache.
+    """
+    attention = block.attn
+    heads = attention.num_heads
+    count, length, width = x.shape
+    head_dim = width // heads
+    hidden = block.ln_1(x)
+    query, key, value = F.linear(hidden, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+
+    def split_heads(tensor: Tensor) -> Tensor:
+        return tensor.reshape(count, length, heads, head_dim).transpose(1, 2)
+
+    query, key, value = split_heads(query) * head_dim**-0.5, split_heads(key), split_heads(value)
+    causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+    tail_scores = (query @ key.transpose(-1, -2)).masked_fill(~causal, float("-inf"))  # (n, H, T, T)
+    outputs = []
+    for prefix_keys, prefix_values, start, stop in groups:
+        prefix_scores = torch.einsum("nhtd,hpd->nhtp", query[start:stop], prefix_keys)
+        visible = torch.arange(prefix_keys.shape[1], device=x.device)[None, :] < shared[start:stop, None]
+        prefix_scores = prefix_scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        weights = torch.cat([prefix_scores, tail_scores[start:stop]], dim=-1).softmax(dim=-1)
+        prefix_weights, tail_weights = weights.split([prefix_keys.shape[1], length], dim=-1)
+        outputs.append(
+            torch.einsum("nhtp,hpd->nhtd", prefix_weights, prefix_values) + tail_weights @ value[start:stop]
+        )
+    attended = torch.cat(outputs).transpose(1, 2).reshape(count, length, width)
+    x = x + block.ls_1(attention.out_proj(attended))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x

@@ -139,12 +139,14 @@ class SteeringTrace:
         probs_before: ``(rows, V)`` unsteered next-token distribution.
         probs: ``(rows, V)`` final next-token distribution (steered, tweaked, fused).
         clip_losses, fluency_losses: per iteration, ``(rows,)`` losses before that iteration's update.
+        encoded_texts: candidate texts CLIP embedded in this step (each distinct one once).
     """
 
     probs_before: Tensor
     probs: Tensor
     clip_losses: list[Tensor] = field(default_factory=list)
     fluency_losses: list[Tensor] = field(default_factory=list)
+    encoded_texts: int = 0
 
 
 class ZeroCapCaptioner(Captioner):
@@ -332,6 +334,7 @@ class ZeroCapCaptioner(Captioner):
                 loss = settings.clip_loss_scale * clip_loss.sum() + fluency_loss.sum()
                 gradients = torch.autograd.grad(loss, [tensor for pair in leaves for tensor in pair])
             trace.clip_losses.append(clip_loss.detach())
+            trace.encoded_texts = len(memo)
             trace.fluency_losses.append(fluency_loss.detach())
             # Δ ← Δ − α · ∇ / (‖∇‖ + ε)^γ, the norm taken per beam, per layer, per keys/values
             updated = []
