@@ -1,0 +1,109 @@
+"""The pre-annotations as a person sees them: Label Studio's editor in headless chromium.
+
+Debian's chromium (``scripts/install-browser.sh``) driven by Python playwright through
+``executable_path`` (``playwright install`` is never run). The screenshot is saved to
+``test-artifacts/browser-prelabels.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from label_studio_sdk import LabelStudio
+
+from tests.e2e.conftest import missing_prerequisite
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_prerequisite("Python playwright is not installed (it is in requirements.txt)")
+    if shutil.which(str(CHROMIUM)) is None:
+        missing_prerequisite(f"{CHROMIUM} not found: run scripts/install-browser.sh (or set CHROMIUM)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def region_texts(result: list[dict]) -> dict[str, list[str]]:
+    """``{region id: its per-region texts}`` for the brush regions of a result."""
+    texts = {item["id"]: [] for item in result if item["type"] == "brushlabels"}
+    for item in result:
+        if item["type"] == "textarea" and item["id"] in texts:
+            texts[item["id"]].extend(item["value"]["text"])
+    return texts
+
+
+def squashed(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled, label_studio, artifacts_dir):
+    project = prelabelled("legacy")
+    task_id = project.task_ids[-1]  # the webhook test annotates the first task; this one has only predictions
+    client = LabelStudio(base_url=label_studio.url, api_key=project.api_key)
+    (prediction,) = client.predictions.list(task=task_id)
+    texts = region_texts(prediction.result)
+    assert texts, "the prediction has no brush region"
+
+    started = time.monotonic()
+
+    def step(name: str) -> None:  # printed with the test's output: where the time goes
+        print(f"{time.monotonic() - started:6.1f} s  {name}")
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", label_studio.email)
+        page.fill("input[name=password]", label_studio.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        step("logged in")
+
+        page.goto(f"{label_studio.url}/projects/{project.project_id}/data?task={task_id}")
+        page.wait_for_selector("canvas")
+        step("editor canvas shown")
+        regions = page.locator(".lsf-tree__node_type_brushregion")  # the "Regions" panel
+        regions.first.wait_for()
+        assert regions.count() == len(texts)
+        step(f"{regions.count()} regions listed")
+
+        regions.first.click()
+        details = page.locator(".lsf-detailed-region").first  # "Info" panel of the selected region
+        details.wait_for()
+        shown = squashed(details.inner_text())
+        step(f"selected region: {shown!r}")
+        selected = [region_id for region_id in texts if re.search(rf"(^|\s){re.escape(region_id)}(\s|$)", shown)]
+        assert len(selected) == 1, f"cannot tell which region is selected from {shown!r}"
+        assert texts[selected[0]], f"region {selected[0]} has no text in the prediction"
+        for text in texts[selected[0]]:
+            assert squashed(text) in shown, f"region {selected[0]}: text {text!r} not in {shown!r}"
+    finally:
+        page.screenshot(path=str(artifacts_dir / "browser-prelabels.png"))
+        step("screenshot saved")
+        page.close()
