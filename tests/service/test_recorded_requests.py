@@ -6,6 +6,7 @@ personal access token, the URL task rewritten to its address).
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,7 @@ def test_synthetic_annotations_deleted(served):
     assert store.current() == []
 
 
-LS_PYTHON = Path(__file__).resolve().parents[2] / ".ls-venv" / "bin" / "python"
+LS_PYTHON = Path(os.environ.get("LS_VENV") or Path(__file__).resolve().parents[2] / ".ls-venv") / "bin" / "python"
 
 
 @pytest.mark.skipif(not LS_PYTHON.exists(), reason="Label Studio's venv (.ls-venv, scripts/install-label-studio.sh) absent")
