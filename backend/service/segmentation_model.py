@@ -133,13 +133,14 @@ class SegmentationMLBackend(MLBackendBase):
         version = self.model_version
         predictions: list[Any] = []
         warnings: list[str] = []
+        failed = 0
         batch_started = time.monotonic()
         fetcher = self._fetcher_for()
         for index, task in enumerate(tasks, start=1):
             task_id = task.get("id")
             started = time.monotonic()
             try:
-                prediction = self.predict_task(task, version, fetcher)
+                prediction, tag_problems = self.predict_task(task, version, fetcher)
             except ModelsNotReady:
                 raise  # the whole batch waits for the models: 503, Label Studio retries later
             except Exception as error:  # one bad task never fails the batch
@@ -150,15 +151,17 @@ class SegmentationMLBackend(MLBackendBase):
                     logger.exception("task %d/%d (id=%s) failed: %s", index, len(tasks), task_id, reason)
                 warnings.append(f"task {task_id}: {reason}")
                 predictions.append(self.failed_prediction(version))
+                failed += 1
                 continue
             predictions.append(prediction)
+            warnings.extend(f"task {task_id}: {problem}" for problem in tag_problems)
             logger.info(
                 "task %d/%d (id=%s): %d results, score %.3f, %.2f s",
                 index, len(tasks), task_id, len(prediction["result"]), prediction["score"], time.monotonic() - started,
             )
-        logger.info("predicted %d tasks in %.2f s (%d failed)", len(tasks), time.monotonic() - batch_started, len(warnings))
+        logger.info("predicted %d tasks in %.2f s (%d failed)", len(tasks), time.monotonic() - batch_started, failed)
         return ModelResponse(
-            predictions=predictions, model_version=version, warnings=warnings + self.problems, failed_tasks=len(warnings)
+            predictions=predictions, model_version=version, warnings=warnings + self.problems, failed_tasks=failed
         )
 
     def failed_prediction(self, version: str) -> Any:
@@ -167,13 +170,20 @@ class SegmentationMLBackend(MLBackendBase):
             return []  # Label Studio stores no prediction and asks again next time
         return {"result": [], "score": 0.0, "model_version": version}
 
-    def predict_task(self, task: dict, version: str, fetcher: ImageFetcher) -> dict:
+    def predict_task(self, task: dict, version: str, fetcher: ImageFetcher) -> tuple[dict, list[str]]:
+        """One task's prediction, and the problems of tags that failed while others succeeded.
+
+        A failing tag does not take the other tags' regions down with it (the prediction keeps
+        what succeeded, the problem is reported); the task fails only when its image cannot be
+        loaded or every tag failed.
+        """
         data = task.get("data")
         if not isinstance(data, dict):
             raise ValueError("task has no 'data' object")
         images: dict[str, Any] = {}
         cache: dict = {}
         results: list[dict] = []
+        problems: list[str] = []
         for adapter in self.adapters:
             if adapter.image_key not in images:
                 reference = data.get(adapter.image_key)
@@ -182,7 +192,17 @@ class SegmentationMLBackend(MLBackendBase):
                         f"task data has no '{adapter.image_key}' (the <Image value=\"${adapter.image_key}\"> field)"
                     )
                 images[adapter.image_key] = fetcher.load(reference)
-            results.extend(adapter.predict_regions(images[adapter.image_key], cache))
+            try:
+                results.extend(adapter.predict_regions(images[adapter.image_key], cache))
+            except ModelsNotReady:
+                raise
+            except Exception as error:
+                if len(self.adapters) == 1:
+                    raise
+                logger.exception('<%s name="%s"> failed on task %s', adapter.tag, adapter.from_name, task.get("id"))
+                problems.append(f'<{adapter.tag} name="{adapter.from_name}"> failed: {type(error).__name__}: {error}')
+        if problems and len(problems) == len(self.adapters):
+            raise RuntimeError("every tag failed: " + "; ".join(problems))
         results = self.validated(results)
         scores = [r["score"] for r in results if isinstance(r.get("score"), (int, float))]
         prediction = {
@@ -195,7 +215,7 @@ class SegmentationMLBackend(MLBackendBase):
         )
         if errors:
             raise RuntimeError(f"prediction failed validation against the label config: {_clip(errors)}")
-        return prediction
+        return prediction, problems
 
     def validated(self, results: list[dict]) -> list[dict]:
         """``results`` without the regions Label Studio would reject (all results of a bad region id).

@@ -223,3 +223,24 @@ def test_metrics_report_unsupported_labels_and_training(config, fake_ls, fake_me
     assert metrics["models"] == "ready" and metrics["training"]["state"] == "idle"
     assert metrics["predict"]["results"] == 6 and metrics["fmbseg_checkpoint"] == "base"
     json.dumps(metrics)  # JSON-able
+
+
+class BrokenFMbSeg(FakeMethods):
+    def fmbseg(self, models, overrides, checkpoint):
+        raise ImportError("cannot import name 'FMbSegPredictor'")
+
+
+def test_a_failing_tag_keeps_the_other_tags_results(config, fake_ls):
+    fake_ls.state.public["/ok.png"] = png_bytes(sample_image())
+    client = create_app(config, methods=BrokenFMbSeg()).test_client()
+    reply = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png")).json
+    (prediction,) = reply["results"]
+    assert {r["from_name"] for r in prediction["result"]} == {"segment", "caption"}
+    assert reply["warnings"] == [
+        "task 1: <BrushLabels name=\"class_mask\"> failed: ImportError: cannot import name 'FMbSegPredictor'"
+    ]
+    assert client.get("/metrics").json["predict"]["tasks_failed"] == 0
+    only_classes = CONFIG_XML.replace('<BrushLabels name="segment" toName="image">',
+                                      '<BrushLabels name="segment" toName="image" model_skip="true">')
+    reply = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png", label_config=only_classes)).json
+    assert reply["results"][0]["result"] == [] and "ImportError" in reply["warnings"][0]
