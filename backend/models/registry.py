@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
         language="gpt2",
         method_overrides={
             # 55x55 DINO keys instead of 109x109: 1 s instead of ~15 s on 2 cores, Ward in 0.7 s.
-            "zeroguide": {"dino_stride": 4},
+            "zeroguide": {"dino_stride": 4, "crf_max_side": 256},
             # 4 crops of 224 on ViT-B/16 (56x56 map) instead of 36 crops for 1344.
             "fmbseg": {"clip_image_size": 448, "sam_points_per_side": 16},
         },
@@ -179,7 +179,7 @@ class _seeded:
 
 
 # ------------------------------------------------------------------------------ builders
-def _build_clip(spec: ClipSpec, device: torch.device):
+def _build_clip(spec: ClipSpec, device: torch.device, random_weights: bool = False):
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -189,7 +189,7 @@ def _build_clip(spec: ClipSpec, device: torch.device):
         open_clip.add_model_config(_CONFIG_DIR)
     description = f"CLIP {spec.arch}" + (f" ({spec.pretrained})" if spec.pretrained else "")
     pretrained = None
-    if spec.pretrained is not None:
+    if spec.pretrained is not None and not random_weights:
         path = local_weights_path(spec.env_var, description, f"open_clip weights for {spec.arch}")
         pretrained = str(path) if path else spec.pretrained
     try:
@@ -199,7 +199,7 @@ def _build_clip(spec: ClipSpec, device: torch.device):
         raise MissingWeightsError(description, expected, spec.env_var, cause=str(error)) from error
     mean = getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN
     std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
-    name = f"{spec.arch}:{spec.pretrained or 'random'}"
+    name = f"{spec.arch}:{pretrained and spec.pretrained or 'random'}"
     return ClipModel(model, open_clip.get_tokenizer(spec.arch), name=name, mean=mean, std=std)
 
 
@@ -220,12 +220,16 @@ def _build_timm(spec: TimmSpec, device: torch.device, random_weights: bool, **ex
     return model.to(device).eval()
 
 
-def _build_sam(spec: SamSpec, device: torch.device):
+def _build_sam(spec: SamSpec, device: torch.device, random_weights: bool = False):
+    from segment_anything import sam_model_registry
+
     from .sam import SamModels, build_tiny_sam
 
     if spec.kind == "tiny":
         return SamModels(build_tiny_sam().to(device), name="sam:tiny", automatic_overrides=dict(spec.automatic_overrides))
-    from segment_anything import sam_model_registry
+    if random_weights:
+        model = sam_model_registry[spec.kind](checkpoint=None)
+        return SamModels(model.to(device).eval(), name=f"sam:{spec.kind}:random")
 
     description = f"SAM {spec.kind}"
     path = local_weights_path(spec.env_var, description, spec.checkpoint or "a SAM checkpoint")
@@ -247,11 +251,20 @@ class FoundationModels:
     """The five foundation models of one preset, each built on first use (thread-safe).
 
     Attributes are properties: ``clip``, ``dino``, ``dinov2``, ``sam``, ``language``, ``sentence``.
+
+    Args:
+        preset: a preset name or record.
+        device: torch device (default: ``resolve_device()``).
+        random_weights: build the preset's architectures with random weights (benchmarks measure
+            the real models' cost this way); default: only for ``tiny``.
     """
 
-    def __init__(self, preset: str | Preset, device: str | torch.device | None = None):
+    def __init__(
+        self, preset: str | Preset, device: str | torch.device | None = None, random_weights: bool | None = None
+    ):
         self.preset = get_preset(preset)
         self.device = resolve_device(device)
+        self.random_weights = self.preset.random_weights if random_weights is None else random_weights
         self._built: dict[str, Any] = {}
         self._lock = threading.RLock()
 
@@ -262,7 +275,7 @@ class FoundationModels:
     def _get(self, part: str, build) -> Any:
         with self._lock:
             if part not in self._built:
-                with _seeded(TINY_SEED if self.is_tiny else None):
+                with _seeded(TINY_SEED if self.random_weights else None):
                     self._built[part] = build()
             return self._built[part]
 
@@ -273,14 +286,14 @@ class FoundationModels:
 
     @property
     def clip(self):
-        return self._get("clip", lambda: _build_clip(self.preset.clip, self.device))
+        return self._get("clip", lambda: _build_clip(self.preset.clip, self.device, self.random_weights))
 
     @property
     def dino(self):
         from .dino import DinoKeyExtractor
 
         spec = self.preset.dino
-        return self._get("dino", lambda: DinoKeyExtractor(_build_timm(spec, self.device, self.is_tiny), spec.name))
+        return self._get("dino", lambda: DinoKeyExtractor(_build_timm(spec, self.device, self.random_weights), spec.name))
 
     @property
     def dinov2(self):
@@ -288,18 +301,20 @@ class FoundationModels:
 
         spec = self.preset.dinov2
         build = lambda: Dinov2Extractor(  # noqa: E731
-            _build_timm(spec, self.device, self.is_tiny, dynamic_img_size=True), spec.name
+            _build_timm(spec, self.device, self.random_weights, dynamic_img_size=True), spec.name
         )
         return self._get("dinov2", build)
 
     @property
     def sam(self):
-        return self._get("sam", lambda: _build_sam(self.preset.sam, self.device))
+        return self._get("sam", lambda: _build_sam(self.preset.sam, self.device, self.random_weights))
 
     @property
     def language(self):
         from .language import build_language_model
 
+        if self.random_weights and not self.is_tiny:
+            raise ValueError("GPT-2 cannot be built with random weights outside the tiny preset (no tokenizer offline)")
         return self._get("language", lambda: build_language_model(self.preset.language, device=self.device))
 
     @property

@@ -136,6 +136,7 @@ def merge_segments(
     describe: Callable[[int, np.ndarray], SegmentDescription],
     *,
     merge_threshold: float = 0.8,
+    describe_batch: Callable[[list[int], list[np.ndarray]], list[SegmentDescription]] | None = None,
 ) -> MergeResult:
     """Section 3.4: merge sibling segments up the Ward tree while their score >= tau_merge.
 
@@ -147,6 +148,13 @@ def merge_segments(
         describe: ``describe(node_id, mask) -> SegmentDescription`` for a merged segment; called
             once per accepted merge, in ascending ``node_id``.
         merge_threshold: tau_merge (appendix E: 0.8).
+        describe_batch: optional ``describe_batch(node_ids, masks) -> descriptions`` that
+            describes several merged segments at once (one batched CLIP pass). With it, pairs are
+            decided in waves: every pair whose two children are final is decided, the accepted
+            merges of the wave are described together, and their parents form the next wave.
+            Each pair is still decided once, from its children's final descriptions, so the
+            segments are the same as with one-at-a-time ``describe``; only the order of
+            ``steps`` (wave by wave, ascending within a wave) differs.
 
     Returns:
         :class:`MergeResult`; its segments' masks are unions of input masks, so a partition of the
@@ -181,32 +189,46 @@ def merge_segments(
         left, right = children[node]
         return left in current and right in current
 
-    pending = [node for node in children if eligible(node)]
-    heapq.heapify(pending)
-    steps: list[MergeStep] = []
-    while pending:
-        node = heapq.heappop(pending)
+    def decide(node: int) -> tuple[MergeStep, MergedSegment, MergedSegment]:
         left, right = children[node]
         a, b = current[left], current[right]
         # Section 3.4: score = mean(cos(visual_a, visual_b), cos(text_a, text_b)) >= tau_merge
         score = merge_score(a.description, b.description)
-        merged = score >= merge_threshold
-        steps.append(MergeStep(parent=node, left=left, right=right, score=score, merged=merged))
-        if not merged:
-            continue
-        mask = a.mask | b.mask
-        description = describe(node, mask)
+        step = MergeStep(parent=node, left=left, right=right, score=score, merged=score >= merge_threshold)
+        steps.append(step)
+        return step, a, b
+
+    def accept(step: MergeStep, a: MergedSegment, b: MergedSegment, mask: np.ndarray, description) -> int | None:
         if not isinstance(description, SegmentDescription):
             raise TypeError(f"describe() must return a SegmentDescription, got {type(description).__name__}")
-        current[node] = MergedSegment(
-            node_id=node,
+        current[step.parent] = MergedSegment(
+            node_id=step.parent,
             mask=mask,
             description=description,
-            merge_score=score,
+            merge_score=step.score,
             source_ids=tuple(sorted(a.source_ids + b.source_ids)),
         )
-        del current[left], current[right]
-        up = parent.get(node)
-        if up is not None and eligible(up):
-            heapq.heappush(pending, up)
+        del current[step.left], current[step.right]
+        up = parent.get(step.parent)
+        return up if up is not None and eligible(up) else None
+
+    steps: list[MergeStep] = []
+    pending = sorted(node for node in children if eligible(node))
+    if describe_batch is None:
+        heapq.heapify(pending)
+        while pending:
+            step, a, b = decide(heapq.heappop(pending))
+            if step.merged:
+                mask = a.mask | b.mask
+                up = accept(step, a, b, mask, describe(step.parent, mask))
+                if up is not None:
+                    heapq.heappush(pending, up)
+    else:
+        while pending:
+            accepted = [(step, a, b, a.mask | b.mask) for step, a, b in map(decide, pending) if step.merged]
+            descriptions_now = describe_batch([step.parent for step, *_ in accepted], [m for *_, m in accepted]) if accepted else []
+            if len(descriptions_now) != len(accepted):
+                raise ValueError(f"describe_batch returned {len(descriptions_now)} descriptions for {len(accepted)} masks")
+            ups = [accept(step, a, b, mask, d) for (step, a, b, mask), d in zip(accepted, descriptions_now)]
+            pending = sorted(up for up in ups if up is not None)
     return MergeResult(segments=[current[node] for node in sorted(current)], steps=steps)

@@ -145,6 +145,8 @@ class ZeroGuidanceSegmenter:
                     descriptions,
                     lambda node, mask: self.describe(image, mask[None])[0],
                     merge_threshold=settings.merge_threshold,
+                    # the merges of one tree level are re-embedded and re-named as one batch
+                    describe_batch=lambda nodes, merged_masks: self.describe(image, np.stack(merged_masks)),
                 ).segments
                 final = [(m.node_id, m.mask, m.description, m.merge_score) for m in merged]
             else:
@@ -166,7 +168,7 @@ class ZeroGuidanceSegmenter:
             settings=settings,
             model_version=self.model_version,
             preset=self.models.preset.name,
-            random_weights=self.models.is_tiny,
+            random_weights=self.models.random_weights,
             timings=timings,
             candidates=len(node_ids),
         )

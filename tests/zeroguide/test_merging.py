@@ -183,3 +183,34 @@ def test_random_merging_matches_a_fixed_point_reference_and_keeps_a_partition(se
     np.testing.assert_array_equal(coverage, 1)
     parents = [step.parent for step in result.steps]
     assert parents == sorted(parents)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_batched_description_in_waves_gives_the_same_segments(seed):
+    rng = np.random.default_rng(seed)
+    candidates = find_segment_candidates(rng.normal(size=(8, 8, 6)), n_clusters=12, similarity_threshold=0.99)
+    masks = masks_from_label_map(np.kron(candidates.label_map, np.ones((2, 2), dtype=int)), candidates.segment_ids)
+
+    def description(node):
+        generator = np.random.default_rng([seed, node])
+        offset = np.array([3.0, 0.0])
+        return describe_as(generator.normal(size=2) + offset, generator.normal(size=2) + offset, f"node {node}")
+
+    batches = []
+
+    def describe_batch(nodes, node_masks):
+        batches.append(list(nodes))
+        return [description(node) for node in nodes]
+
+    descriptions = {node: description(node) for node in masks}
+    one_by_one = merge_segments(candidates.tree, masks, descriptions, lambda n, m: description(n))
+    waves = merge_segments(
+        candidates.tree, masks, descriptions, lambda n, m: pytest.fail("describe_batch must be used"),
+        describe_batch=describe_batch,
+    )
+    assert [s.node_id for s in waves.segments] == [s.node_id for s in one_by_one.segments]
+    for a, b in zip(waves.segments, one_by_one.segments):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        assert a.merge_score == b.merge_score
+    assert sorted(n for batch in batches for n in batch) == sorted(s.parent for s in one_by_one.steps if s.merged)
+    assert sorted((s.parent, s.merged) for s in waves.steps) == sorted((s.parent, s.merged) for s in one_by_one.steps)
