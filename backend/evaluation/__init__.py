@@ -1,0 +1,102 @@
+"""Evaluation of free-text segmentation: the zero-guidance protocol and FMbSeg's mIoU.
+
+Zero-guidance segmentation (Rewatbowornwong et al., ICCV 2023), section 4 and appendices C, F:
+label reassignment (TT, Eq. 5; ST, Eq. 6), verification by thresholds or 0-3 human ratings,
+Segmentation IoU, Segment Recall and Text Generation Quality. FMbSeg (section 4.1): dataset mIoU
+over label maps (the TCL / mmseg protocol).
+
+Library code: no Label Studio, no model is loaded here - embedding functions are passed in.
+Command line: ``python -m backend.evaluation --help``; protocol: docs/evaluation.md.
+"""
+
+from .metrics import (
+    IGNORE_INDEX,
+    TABLE6_SBERT_THRESHOLDS,
+    TABLE7_CLIP_THRESHOLDS,
+    TAU_IOU,
+    UNLABELLED,
+    ClassAreas,
+    ImageOverlaps,
+    LabelSpace,
+    MeanIoU,
+    MeanIoUResult,
+    SegmentationScores,
+    SweepPoint,
+    TextGenerationQuality,
+    evaluate_segmentation,
+    label_map_areas,
+    text_generation_quality,
+    threshold_sweep,
+)
+from .rating import (
+    RATERS_PER_SEGMENT,
+    RATING_INSTRUCTION,
+    RATING_SCALE,
+    TABLE1_MIN_SCORES,
+    HumanVerifiedScores,
+    Rating,
+    RatingLevel,
+    ScoreDistribution,
+    assign_batches,
+    human_verified_scores,
+    parse_ratings,
+    score_distribution,
+)
+from .reassignment import (
+    SEGMENT_TO_TEXT,
+    TAU_CLIP,
+    TAU_SBERT,
+    TEXT_TO_TEXT,
+    UNVERIFIED,
+    Reassignment,
+    default_threshold,
+    is_verified,
+    reassign_segment_to_text,
+    reassign_text_to_text,
+    verify_by_scores,
+    verify_by_threshold,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TABLE6_SBERT_THRESHOLDS",
+    "TABLE7_CLIP_THRESHOLDS",
+    "TAU_IOU",
+    "UNLABELLED",
+    "ClassAreas",
+    "ImageOverlaps",
+    "LabelSpace",
+    "MeanIoU",
+    "MeanIoUResult",
+    "SegmentationScores",
+    "SweepPoint",
+    "TextGenerationQuality",
+    "evaluate_segmentation",
+    "label_map_areas",
+    "text_generation_quality",
+    "threshold_sweep",
+    "RATERS_PER_SEGMENT",
+    "RATING_INSTRUCTION",
+    "RATING_SCALE",
+    "TABLE1_MIN_SCORES",
+    "HumanVerifiedScores",
+    "Rating",
+    "RatingLevel",
+    "ScoreDistribution",
+    "assign_batches",
+    "human_verified_scores",
+    "parse_ratings",
+    "score_distribution",
+    "SEGMENT_TO_TEXT",
+    "TAU_CLIP",
+    "TAU_SBERT",
+    "TEXT_TO_TEXT",
+    "UNVERIFIED",
+    "Reassignment",
+    "default_threshold",
+    "is_verified",
+    "reassign_segment_to_text",
+    "reassign_text_to_text",
+    "verify_by_scores",
+    "verify_by_threshold",
+]
