@@ -140,9 +140,10 @@ def backend_for(label_studio: LabelStudioServer, api_keys: dict[str, str], e2e_w
     if not (REPO_ROOT / "backend" / "__main__.py").exists():
         missing_prerequisite("backend/__main__.py is missing: `python -m backend` cannot start")
     started: dict[str, BackendServer] = {}
+    failures: dict[str, str] = {}  # reported again without a second start-up
 
     def get(kind: str) -> BackendServer:
-        if kind not in started:
+        if kind not in started and kind not in failures:
             try:
                 started[kind] = start_backend(
                     Path(sys.executable),
@@ -153,7 +154,9 @@ def backend_for(label_studio: LabelStudioServer, api_keys: dict[str, str], e2e_w
                     extra_env=backend_extra_env(),
                 )
             except ServerError as error:
-                pytest.fail(f"the backend ({kind} key) did not start: {error}", pytrace=False)
+                failures[kind] = f"the backend ({kind} key) did not start: {error}"
+        if kind in failures:
+            pytest.fail(failures[kind], pytrace=False)
         return started[kind]
 
     try:
@@ -221,11 +224,16 @@ def prelabelled(label_studio: LabelStudioServer, api_keys, backend_for, e2e_imag
     """``prelabelled(kind)``: a project set up with ``python -m plugin setup`` using that key kind."""
     if not LABEL_CONFIG.exists():
         missing_prerequisite(f"{LABEL_CONFIG} is missing")
-    done: dict[str, PrelabelledProject] = {}
+    done: dict[str, PrelabelledProject | str] = {}  # a str is the failure, reported again without retrying
 
     def get(kind: str) -> PrelabelledProject:
-        if kind in done:
-            return done[kind]
+        if kind not in done:
+            done[kind] = set_up(kind)
+        if isinstance(done[kind], str):
+            pytest.fail(done[kind], pytrace=False)
+        return done[kind]
+
+    def set_up(kind: str) -> PrelabelledProject | str:
         backend = backend_for(kind)
         result = run_plugin(
             [
@@ -242,13 +250,12 @@ def prelabelled(label_studio: LabelStudioServer, api_keys, backend_for, e2e_imag
         )
         output = result.stdout + result.stderr
         if result.returncode != 0:
-            pytest.fail(
+            return (
                 f"plugin setup ({kind} key) exited {result.returncode}:\n{output}\n"
-                f"--- backend log ---\n{log_tail(backend.process.log_path)}",
-                pytrace=False,
+                f"--- backend log ---\n{log_tail(backend.process.log_path)}"
             )
         summary = json.loads(result.stdout.strip().splitlines()[-1])
-        done[kind] = PrelabelledProject(
+        return PrelabelledProject(
             kind=kind,
             api_key=api_keys[kind],
             project_id=summary["project_id"],
@@ -256,7 +263,6 @@ def prelabelled(label_studio: LabelStudioServer, api_keys, backend_for, e2e_imag
             backend=backend,
             setup_output=output,
         )
-        return done[kind]
 
     return get
 
