@@ -43,20 +43,27 @@ def test_bilinear_upsampling_hand_worked():
     torch.testing.assert_close(dense_class_scores(patches, texts, (1, 2)), patch_class_scores(patches, texts))
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 16])
-def test_chunked_argmax_equals_full_argmax(chunk):
+@pytest.mark.parametrize("chunk", [1, 11 * 31 * 3, 2**22])  # 1 row, 3 rows, all rows
+def test_banded_argmax_equals_full_argmax(chunk):
     generator = torch.Generator().manual_seed(1)
     patches = torch.randn(5, 7, 8, generator=generator)
     texts = torch.randn(11, 8, generator=generator)
-    labels = base_label_map(patches, texts, (23, 31), classes_per_chunk=chunk)
-    assert labels.shape == (23, 31) and labels.dtype == torch.long
-    assert torch.equal(labels, dense_class_scores(patches, texts, (23, 31)).argmax(dim=0))
+    labels = base_label_map(patches, texts, (23, 31), chunk_elements=chunk)
+    assert labels.shape == (23, 31) and labels.dtype == np.int64
+    dense = dense_class_scores(patches, texts, (23, 31))
+    reference = dense.argmax(dim=0).numpy()
+    # the separable matmul and F.interpolate round differently (~1e-7): labels may differ only
+    # where the two best classes are that close
+    top2 = dense.topk(2, dim=0).values
+    near_tie = (top2[0] - top2[1] < 1e-5).numpy()
+    assert np.array_equal(labels[~near_tie], reference[~near_tie])
+    assert (labels != reference).sum() <= near_tie.sum()
 
 
 def test_ties_go_to_the_lower_class():
     patches = torch.tensor([[[1.0, 0.0]]])
     texts = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # classes 1 and 2 tie
-    assert base_label_map(patches, texts, (2, 2), classes_per_chunk=1).unique().tolist() == [1]
+    assert np.unique(base_label_map(patches, texts, (2, 2), chunk_elements=1)).tolist() == [1]
 
 
 def _box(shape, rows, cols):
@@ -65,8 +72,8 @@ def _box(shape, rows, cols):
     return mask
 
 
-def test_refined_overlay_hand_worked():
-    base = np.array(
+def _hand_worked_base():
+    return np.array(
         [
             [0, 0, 0, 1, 1, 2],
             [0, 0, 1, 1, 1, 2],
@@ -74,6 +81,10 @@ def test_refined_overlay_hand_worked():
             [0, 2, 2, 1, 2, 1],
         ]
     )
+
+
+def test_refined_overlay_hand_worked():
+    base = _hand_worked_base()
     shape = base.shape
     masks = np.stack(
         [
@@ -96,24 +107,25 @@ def test_refined_overlay_hand_worked():
         ]
     )
     refined = refined_label_map(base, masks)
-    assert refined.dtype == torch.long
-    np.testing.assert_array_equal(refined.numpy(), expected)
+    assert refined.dtype == np.int64
+    np.testing.assert_array_equal(refined, expected)
+    np.testing.assert_array_equal(base, _hand_worked_base())  # the input is not modified
     # torch inputs give the same answer
-    np.testing.assert_array_equal(refined_label_map(torch.from_numpy(base), torch.from_numpy(masks)).numpy(), expected)
+    np.testing.assert_array_equal(refined_label_map(torch.from_numpy(base), torch.from_numpy(masks)), expected)
 
 
 def test_majority_ignores_unlabelled_pixels():
     base = np.array([[-1, -1, 1, -1]])
     masks = np.array([[[True, True, True, False]], [[True, True, False, False]]])
     assert label_masks_by_majority(base, masks).tolist() == [1, -1]
-    out = overlay_mask_labels(base, masks, torch.tensor([1, -1]))
+    out = overlay_mask_labels(base, masks, np.array([1, -1]))
     assert out.tolist() == [[1, 1, 1, -1]]
 
 
 def test_no_masks_returns_the_base_map():
     base = np.array([[0, 1], [2, 0]])
     out = refined_label_map(base, np.zeros((0, 2, 2), dtype=bool))
-    np.testing.assert_array_equal(out.numpy(), base)
+    np.testing.assert_array_equal(out, base)
 
 
 def test_align_patch_grid_shape_and_norm():
@@ -132,7 +144,8 @@ def test_align_patch_grid_shape_and_norm():
         (lambda: base_label_map(torch.randn(4, 3), torch.randn(4, 3), (4, 4)), "patch_embeddings"),
         (lambda: base_label_map(torch.randn(2, 2, 3), torch.randn(4, 3), (0, 4)), "image_size"),
         (lambda: refined_label_map(np.zeros((2, 2), int), np.zeros((1, 3, 2), bool)), "masks"),
-        (lambda: overlay_mask_labels(np.zeros((2, 2), int), np.zeros((2, 2, 2), bool), torch.zeros(3)), "mask_labels"),
+        (lambda: overlay_mask_labels(np.zeros((2, 2), int), np.zeros((2, 2, 2), bool), np.zeros(3)), "mask_labels"),
+        (lambda: refined_label_map(np.zeros((2, 2)), np.zeros((1, 2, 2), bool)), "label_map"),
     ],
 )
 def test_bad_input_is_rejected(call, message):

@@ -135,6 +135,23 @@ def test_tsupcon_matches_reference_values_and_gradients(seed, tau, include_self)
     assert z_vec.grad[:3].abs().max() == 0  # ignored patches get no gradient
 
 
+@pytest.mark.parametrize("seed", [0, 4])
+def test_balanced_terms_match_reference(seed):
+    """Ours, not the paper's: mean text term + mean patch term instead of one mean over both."""
+    z, y, t = _random_batch(seed)
+    z_ref = z.clone().requires_grad_(True)
+    z_vec = z.clone().requires_grad_(True)
+    text_sum, present, image_sum, image_count = _reference_parts(z_ref, y, t, 0.7, False)
+    expected = text_sum / present + image_sum / image_count
+    actual = tsupcon_loss(z_vec, y, t, temperature=0.7, balance_terms=True)
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
+    expected.backward()
+    actual.backward()
+    torch.testing.assert_close(z_vec.grad, z_ref.grad, rtol=1e-9, atol=1e-10)
+    settings = LossSettings(balance_terms=True, temperature=0.7)
+    torch.testing.assert_close(alignment_loss(z, y, t, settings), actual.detach())
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_variants_match_reference_values_and_gradients(seed, tau):

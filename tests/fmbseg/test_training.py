@@ -285,6 +285,15 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert resumed.loss_history == full.loss_history
     for (name, a), (_, b) in zip(full.module.state_dict().items(), resumed.module.state_dict().items()):
         assert torch.equal(a, b), name
+    # a finished run resumes to nothing and returns the stored module
+    again_steps = []
+    again = train_alignment_module(
+        examples, CLASSES, texts, TINY_CONFIG, TINY_SETTINGS, checkpoint_path=path,
+        callback=again_steps.append, progress_bar=False,
+    )
+    assert again_steps == [] and again.version == resumed.version
+    for (name, a), (_, b) in zip(full.module.state_dict().items(), again.module.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 def test_resume_refuses_other_classes_settings_or_data(tmp_path):
