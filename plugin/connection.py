@@ -162,7 +162,7 @@ class LabelStudioConnection:
                     base_url=settings.url, api_key=settings.api_key, timeout=settings.timeout_s
                 )
             except ApiError as error:  # the SDK checks a JWT's expiry up front
-                raise PluginError(f"{error.body}. {unauthorized_hint(settings.api_key)}") from error
+                raise PluginError(f"{error_text(error.body)} {unauthorized_hint(settings.api_key)}") from error
         self.client = client
         # The SDK's own httpx.Client (no auth headers of its own: the SDK adds them per request),
         # reused for the transfers the SDK has no method for.

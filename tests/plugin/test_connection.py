@@ -126,3 +126,9 @@ def test_error_text():
     assert error_text(body) == "Can't connect. Learn; title: too short"
     assert error_text({"detail": "Not found."}) == "Not found."
     assert error_text("plain") == "plain"
+
+
+def test_an_expired_pat_is_reported_before_any_request():
+    expired = fake_jwt({"token_type": "refresh", "exp": 1000, "user_id": "1"})
+    with pytest.raises(PluginError, match="API key has expired.*read as a personal access token"):
+        LabelStudioConnection(ConnectionSettings(url=URL, api_key=expired))
