@@ -94,13 +94,14 @@ def _add_predictions(parser: argparse.ArgumentParser) -> None:
 def _add_ground_truth(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reassigned", type=Path, required=True, help="the output of `reassign` (holds the classes)")
     parser.add_argument("--gt-dir", type=Path, required=True, help="label PNGs named <image stem>.png")
+    parser.add_argument("--gt-suffix", default=".png", help="ground-truth file suffix (default: .png; e.g. .tif)")
     parser.add_argument("--tau-iou", type=float, default=TAU_IOU, help=f"τ_IoU of Segment Recall (paper: {TAU_IOU})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend.evaluation",
-        description=__doc__.split("\n\n")[0],
+        description="Score segmentations with the zero-guidance protocol or with FMbSeg's mIoU.",
         epilog="Protocol, thresholds and recipes for the papers' tables: docs/evaluation.md",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     miou.add_argument("--pred-dir", type=Path, required=True, help="predicted label PNGs")
     miou.add_argument("--gt-dir", type=Path, required=True, help="ground-truth label PNGs with the same names")
+    miou.add_argument("--gt-suffix", default=".png", help="ground-truth file suffix (default: .png)")
     _add_label_space(miou)
     miou.add_argument("--out", type=Path, help="output JSON (default: stdout)")
     return parser
@@ -286,7 +288,9 @@ def _prepare(args: argparse.Namespace):
         missing = [s for s in prediction.segment_ids if str(s) not in per_segment]
         if missing:
             raise ValueError(f"{args.reassigned}: {prediction.image} lacks segments {missing}")
-        ground_truth = label_space.to_class_indices(read_label_map(ground_truth_path(args.gt_dir, prediction.image)))
+        ground_truth = label_space.to_class_indices(
+            read_label_map(ground_truth_path(args.gt_dir, prediction.image, args.gt_suffix))
+        )
         if ground_truth.shape != prediction.size:
             raise ValueError(f"{prediction.image}: ground truth {ground_truth.shape} vs predictions {prediction.size}")
         images.append(
@@ -381,7 +385,7 @@ def run_miou(args: argparse.Namespace) -> dict:
     accumulator = MeanIoU(label_space)
     for path in tqdm(files, desc="mIoU", unit="image"):
         predicted = label_space.to_class_indices(read_label_map(path), strict=False)
-        accumulator.update(predicted, read_label_map(ground_truth_path(args.gt_dir, path.name)))
+        accumulator.update(predicted, read_label_map(ground_truth_path(args.gt_dir, path.name, args.gt_suffix)))
     result = accumulator.result()
     print(f"mIoU {_percent(result.miou)} over {result.num_images} images", file=sys.stderr)
     return result.to_dict()

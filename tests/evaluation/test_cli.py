@@ -231,3 +231,15 @@ def test_errors_exit_with_status_2(files, caplog):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code == 0
+
+
+def test_label_maps_are_read_as_values_not_colours(tmp_path):
+    from backend.evaluation.files import read_label_map
+
+    Image.fromarray(np.array([[0, 300], [458, 65535]], dtype=np.uint16)).save(tmp_path / "wide.png")  # PC-459 style
+    np.testing.assert_array_equal(read_label_map(tmp_path / "wide.png"), [[0, 300], [458, 65535]])
+    write_png(tmp_path / "palette.png", np.array([[3, 255]]))
+    np.testing.assert_array_equal(read_label_map(tmp_path / "palette.png"), [[3, 255]])
+    Image.new("RGB", (2, 2)).save(tmp_path / "colour.png")
+    with pytest.raises(ValueError, match="mode RGB"):
+        read_label_map(tmp_path / "colour.png")
