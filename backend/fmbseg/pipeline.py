@@ -1,0 +1,258 @@
+"""The FMbSeg facade: pseudo-label, train and predict class masks for a class list."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..models.images import check_image
+from .alignment import AlignmentModuleConfig
+from .inference import align_patch_grid, base_label_map, refined_label_map
+from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask
+from .settings import FMbSegSettings
+from .training import (
+    AlignmentCheckpoint,
+    CheckpointError,
+    TrainingExample,
+    TrainingProgress,
+    TrainingSettings,
+    load_alignment_checkpoint,
+    patch_labels_from_masks,
+    train_alignment_module,
+)
+
+__all__ = ["ClassMaskPrediction", "FMbSegPredictor", "LabelledMask"]
+
+Source = str  # "stage1" | "stage2-base" | "stage2-refined"
+
+
+@dataclass
+class LabelledMask:
+    """A mask with a class, for training from pseudo-labels or from human corrections.
+
+    ``source`` is ``"1.1"``, ``"1.2"`` (Stage 1) or ``"human"`` (a correction; trained like 1.1:
+    always kept, painted on top).
+    """
+
+    mask: np.ndarray
+    class_name: str
+    source: str = "human"
+
+
+@dataclass
+class ClassMaskPrediction:
+    """Class masks for one image.
+
+    Attributes:
+        label_map: (H, W) int, index into ``classes``; -1 where nothing was predicted.
+        classes: the class list, in label order.
+        source: ``"stage1"`` (no trained alignment module yet: Stage 1 pseudo-labels),
+            ``"stage2-base"`` or ``"stage2-refined"``.
+        model_version: preset, settings fingerprint and alignment checkpoint version.
+        random_weights: True when the foundation models have random weights (``tiny``).
+    """
+
+    label_map: np.ndarray
+    classes: list[str]
+    source: Source
+    model_version: str
+    random_weights: bool
+
+    @property
+    def class_masks(self) -> dict[str, np.ndarray]:
+        """``{class: (H, W) bool}`` for every class that covers at least one pixel."""
+        return {
+            name: self.label_map == index
+            for index, name in enumerate(self.classes)
+            if (self.label_map == index).any()
+        }
+
+
+def _square(image: np.ndarray, side: int) -> np.ndarray:
+    if image.shape[:2] == (side, side):
+        return image
+    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > side else cv2.INTER_CUBIC
+    return cv2.resize(image, (side, side), interpolation=interpolation)
+
+
+class FMbSegPredictor:
+    """FMbSeg with the foundation models of one preset.
+
+    Without an alignment checkpoint, ``predict`` serves Stage 1 (training-free pseudo-labels);
+    with one, Stage 2 (base, or SAM-refined). ``load_checkpoint`` swaps the module in place, so a
+    retrained module is served without a restart.
+
+    Args:
+        models: ``FoundationModels`` (CLIP, SAM, DINOv2).
+        settings: :class:`FMbSegSettings`; default: the paper's with the preset's overrides.
+        checkpoint: an alignment checkpoint file or record, or ``None``.
+    """
+
+    def __init__(self, models, settings: FMbSegSettings | None = None, checkpoint=None):
+        self.models = models
+        self.settings = settings or FMbSegSettings.for_preset(models.method_overrides("fmbseg"))
+        self.pseudo_labeler = PseudoLabeler(models, self.settings)
+        self._checkpoint: AlignmentCheckpoint | None = None
+        self._lock = threading.Lock()
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def checkpoint(self) -> AlignmentCheckpoint | None:
+        return self._checkpoint
+
+    def load_checkpoint(self, checkpoint: AlignmentCheckpoint | str | os.PathLike) -> AlignmentCheckpoint:
+        """Serve this alignment module from now on (thread-safe)."""
+        if not isinstance(checkpoint, AlignmentCheckpoint):
+            path = Path(checkpoint)
+            if not path.exists():
+                raise CheckpointError(f"no alignment checkpoint at {path}")
+            checkpoint = load_alignment_checkpoint(path, map_location=self.models.device)
+        config = checkpoint.module_config
+        if config.in_dim != self.models.dinov2.embed_dim or config.out_dim != self.models.clip.embed_dim:
+            raise CheckpointError(
+                f"the checkpoint maps {config.in_dim}-d to {config.out_dim}-d features, but preset "
+                f"{self.models.preset.name!r} has {self.models.dinov2.embed_dim}-d DINOv2 and "
+                f"{self.models.clip.embed_dim}-d CLIP features"
+            )
+        checkpoint.module.to(self.models.device).eval()
+        with self._lock:
+            self._checkpoint = checkpoint
+        return checkpoint
+
+    @property
+    def model_version(self) -> str:
+        checkpoint = self._checkpoint
+        stage = f"align-{checkpoint.version}" if checkpoint else "stage1"
+        return f"fmbseg-{self.models.preset.name}-{self.settings.fingerprint()}-{stage}"
+
+    def module_config(self, kind: str = "transformer") -> AlignmentModuleConfig:
+        """An alignment module config for this preset's DINOv2 and CLIP sizes."""
+        return AlignmentModuleConfig(kind=kind, in_dim=self.models.dinov2.embed_dim, out_dim=self.models.clip.embed_dim)
+
+    def text_embeddings(self, classes: Sequence[str]) -> torch.Tensor:
+        return self.pseudo_labeler.text_embeddings(classes)
+
+    # ---------------------------------------------------------------- stage 1
+    def pseudo_label(
+        self, image: np.ndarray, classes: Sequence[str], image_labels: Sequence[str] | None = None
+    ) -> PseudoLabels:
+        """Stage 1.1 + 1.2 pseudo-labels for one image."""
+        return self.pseudo_labeler(image, classes, image_labels=image_labels)
+
+    # ---------------------------------------------------------------- stage 2
+    def patch_features(self, image: np.ndarray) -> torch.Tensor:
+        """Frozen DINOv2 patch features (h, w, C) of the image squashed to ``dinov2_image_size``."""
+        return self.models.dinov2(image, self.settings.dinov2_image_size)
+
+    def training_example(
+        self, image: np.ndarray, masks: Sequence[LabelledMask], classes: Sequence[str], seed: int | Sequence[int] = 0
+    ) -> TrainingExample:
+        """One image's Stage 2 example: DINOv2 patch features and patch pseudo-labels.
+
+        Human corrections (``source="human"``) are trained like Stage 1.1 masks: always kept and
+        painted over Stage 1.2 masks.
+        """
+        check_image(image)
+        features = self.patch_features(image)
+        grid = features.shape[:2]
+        unknown = sorted({m.class_name for m in masks} - set(classes))
+        if unknown:
+            raise ValueError(f"masks carry classes {unknown} that are not in the class list {list(classes)}")
+        if masks:
+            stack = np.stack([m.mask for m in masks])
+            labels = patch_labels_from_masks(
+                stack,
+                [list(classes).index(m.class_name) for m in masks],
+                ["1.2" if m.source == "1.2" else "1.1" for m in masks],
+                grid,
+                seed=seed,
+                stage12_keep_fraction=self.settings.stage12_fraction,
+            )
+        else:
+            labels = torch.full(grid, -1, dtype=torch.long)
+        return TrainingExample(patch_features=features.reshape(-1, features.shape[-1]).cpu(), patch_labels=labels.flatten())
+
+    def train(
+        self,
+        examples: Sequence[TrainingExample],
+        classes: Sequence[str],
+        checkpoint_path: str | os.PathLike,
+        *,
+        training_settings: TrainingSettings = TrainingSettings(),
+        module_kind: str = "transformer",
+        resume: bool = True,
+        callback: Callable[[TrainingProgress], None] | None = None,
+        progress_bar: bool = True,
+        serve: bool = True,
+    ) -> AlignmentCheckpoint:
+        """Train the alignment module on prepared examples; optionally serve it right away."""
+        checkpoint = train_alignment_module(
+            examples,
+            list(classes),
+            self.text_embeddings(classes).cpu(),
+            self.module_config(module_kind),
+            training_settings,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+            callback=callback,
+            progress_bar=progress_bar,
+            device=self.models.device,
+        )
+        if serve:
+            self.load_checkpoint(checkpoint)
+        return checkpoint
+
+    def examples_from_pseudo_labels(
+        self, images: Iterable[tuple[np.ndarray, PseudoLabels]], classes: Sequence[str], seed: int = 0
+    ) -> list[TrainingExample]:
+        """Stage 2 examples from (image, Stage 1 pseudo-labels) pairs."""
+        examples = []
+        for index, (image, pseudo) in enumerate(images):
+            masks = [LabelledMask(m.mask, m.class_name, m.source) for m in pseudo.masks]
+            examples.append(self.training_example(image, masks, classes, seed=(seed, index)))
+        return examples
+
+    # --------------------------------------------------------------- predict
+    def predict(self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None) -> ClassMaskPrediction:
+        """Class masks for ``classes`` (the vocabulary, e.g. a Label Studio project's labels).
+
+        With an alignment checkpoint the class list must hold the same classes as the checkpoint
+        (any order); without one, Stage 1 pseudo-labels are served.
+        """
+        check_image(image)
+        classes = list(dict.fromkeys(classes))
+        if not classes:
+            raise ValueError("the class list is empty")
+        refine = self.settings.refine if refine is None else refine
+        with self._lock:
+            checkpoint = self._checkpoint
+        version = self.model_version
+        if checkpoint is None:
+            label_map = self.pseudo_label(image, classes).label_map()
+            return ClassMaskPrediction(label_map, classes, "stage1", version, self.models.random_weights)
+        if set(classes) != set(checkpoint.classes):
+            raise CheckpointError(
+                f"the class list {sorted(classes)} differs from the alignment checkpoint's {sorted(checkpoint.classes)}: "
+                "retrain for these classes, or predict with the checkpoint's class list"
+            )
+        with torch.inference_mode():
+            patches = align_patch_grid(checkpoint.module, self.patch_features(image))
+            label_map = base_label_map(patches, self.text_embeddings(classes), image.shape[:2])
+        source = "stage2-base"
+        if refine:
+            sam_image = _square(image, self.settings.sam_image_size)
+            records = self.models.sam.automatic_masks(sam_image, **self.settings.automatic_mask_options())
+            if records:
+                masks = np.stack([resize_mask(r["segmentation"], image.shape[:2]) for r in records])
+                label_map = refined_label_map(label_map, masks)
+            source = "stage2-refined"
+        return ClassMaskPrediction(label_map, classes, source, version, self.models.random_weights)
