@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="alignment checkpoint (default: none, serve Stage 1 pseudo-labels)")
     predict.add_argument("--classes", default=None, help="class names (default: the checkpoint's)")
     predict.add_argument("--no-refine", action="store_true", help="base prediction only (no SAM refinement)")
+    predict.add_argument("--open-vocabulary", action="store_true",
+                         help="allow classes other than the checkpoint's (zero-shot, as in the paper's Table 1)")
     return parser
 
 
@@ -166,7 +168,8 @@ def run_predict(args) -> int:
     if args.checkpoint is not None:
         if not args.checkpoint.exists():
             raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
-        checkpoint = load_alignment_checkpoint(args.checkpoint, expected_classes=classes)
+        expected = None if args.open_vocabulary else classes
+        checkpoint = load_alignment_checkpoint(args.checkpoint, expected_classes=expected)
         predictor.load_checkpoint(checkpoint)
         classes = classes or list(checkpoint.classes)
     elif classes is None:
@@ -180,7 +183,7 @@ def run_predict(args) -> int:
             log.error("skipped: %s", error)
             failures += 1
             continue
-        result = predictor.predict(image, classes, refine=not args.no_refine)
+        result = predictor.predict(image, classes, refine=not args.no_refine, open_vocabulary=args.open_vocabulary)
         cv2.imwrite(str(args.out / f"{path.stem}.labels.png"), (result.label_map + 1).astype(np.uint16))
         write_json(
             args.out / f"{path.stem}.json",

@@ -25,9 +25,10 @@ Choices the paper leaves open (see docs/fmbseg-stage2.md, "Loss"):
    ``balance_terms=True`` (ours, NOT the paper's) adds the mean text term and the mean patch
    term instead: l = 1/K_b sum_k l_t(t_k) + 1/P sum_i l_im(z_i).
 
-Memory: the patch-patch similarity matrix is (P, P) for P labelled patches. Forward and backward
-together hold about four such float32 matrices: P = 5 images x 37**2 = 6845 patches is
-~0.19 GB a matrix, ~0.8 GB peak; memory grows with P**2 (P = 20,000 would need ~6.4 GB).
+Memory: the patch-patch similarity matrix is (P, P) for P labelled patches; a custom backward
+(``_LogSumExpOverOthers``) keeps at most about three such float32 matrices alive: P = 5 images x
+37**2 = 6845 patches is 0.19 GB a matrix, ~0.6 GB peak; memory grows with P**2 (P = 20,000 would
+need ~5 GB).
 """
 
 from __future__ import annotations
@@ -103,11 +104,37 @@ def _prepare(
     return patches, kept_labels, texts
 
 
+class _LogSumExpOverOthers(torch.autograd.Function):
+    """lse_i = log sum_{j != i} exp(s_i . s_j / tau) for samples s (P, D) -> (P,), with a
+    backward that uses the symmetry of the similarity matrix: one (P, P) x (P, D) product instead
+    of autograd's two, and two (P, P) matrices alive instead of about four.
+
+    d/ds_m sum_i g_i lse_i = ((G + G^T) s)_m / tau, G_ij = g_i p_ij, p_ij = exp(s_i.s_j/tau - lse_i).
+    """
+
+    @staticmethod
+    def forward(ctx, samples: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = samples @ samples.T  # (P, P)
+        logits.div_(temperature)
+        logits.fill_diagonal_(float("-inf"))  # j != i
+        log_partition = torch.logsumexp(logits, dim=1)
+        probabilities = logits.sub_(log_partition[:, None]).exp_()  # in place: p_ij, p_ii = 0
+        ctx.save_for_backward(samples, probabilities)
+        ctx.temperature = temperature
+        return log_partition
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_log_partition: torch.Tensor):
+        samples, probabilities = ctx.saved_tensors
+        symmetric = probabilities * grad_log_partition[:, None]  # G
+        symmetric.addcmul_(probabilities.T, grad_log_partition[None, :])  # G + G^T
+        return symmetric @ samples / ctx.temperature, None
+
+
 def _log_sum_exp_over_others(samples: torch.Tensor, temperature: float) -> torch.Tensor:
     """(P, D) -> (P,): log sum_{j != i} exp(s_i . s_j / tau). Needs P >= 2."""
-    similarities = samples @ samples.T / temperature  # (P, P)
-    torch.diagonal(similarities).fill_(float("-inf"))  # j != i
-    return torch.logsumexp(similarities, dim=1)
+    return _LogSumExpOverOthers.apply(samples, temperature)
 
 
 def _supcon_terms(

@@ -222,11 +222,19 @@ class FMbSegPredictor:
         return examples
 
     # --------------------------------------------------------------- predict
-    def predict(self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None) -> ClassMaskPrediction:
+    def predict(
+        self,
+        image: np.ndarray,
+        classes: Sequence[str],
+        refine: bool | None = None,
+        open_vocabulary: bool = False,
+    ) -> ClassMaskPrediction:
         """Class masks for ``classes`` (the vocabulary, e.g. a Label Studio project's labels).
 
         With an alignment checkpoint the class list must hold the same classes as the checkpoint
-        (any order); without one, Stage 1 pseudo-labels are served.
+        (any order), unless ``open_vocabulary``: the module maps patches into CLIP's text space,
+        so any class list can be scored (the paper's zero-shot evaluation on other datasets).
+        Without a checkpoint, Stage 1 pseudo-labels are served.
         """
         check_image(image)
         classes = list(dict.fromkeys(classes))
@@ -239,7 +247,7 @@ class FMbSegPredictor:
         if checkpoint is None:
             label_map = self.pseudo_label(image, classes).label_map()
             return ClassMaskPrediction(label_map, classes, "stage1", version, self.models.random_weights)
-        if set(classes) != set(checkpoint.classes):
+        if not open_vocabulary and set(classes) != set(checkpoint.classes):
             raise CheckpointError(
                 f"the class list {sorted(classes)} differs from the alignment checkpoint's {sorted(checkpoint.classes)}: "
                 "retrain for these classes, or predict with the checkpoint's class list"

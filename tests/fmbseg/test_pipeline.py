@@ -84,6 +84,8 @@ def test_class_list_must_match_the_checkpoint(trained, image):
     predictor, _, _, _ = trained
     with pytest.raises(CheckpointError, match="differs"):
         predictor.predict(image, ["cat", "horse"])
+    zero_shot = predictor.predict(image, ["cat", "horse"], refine=False, open_vocabulary=True)
+    assert zero_shot.classes == ["cat", "horse"] and zero_shot.label_map.max() <= 1
 
 
 def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_path):
