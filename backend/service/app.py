@@ -11,6 +11,7 @@ bad basic auth, 503 while the models load, 500 otherwise — never a traceback i
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import hmac
 import logging
@@ -165,18 +166,33 @@ def _parse_model(service: SegmentationService, label_config: Any, project: str |
         raise PayloadError(f"the label config cannot be parsed: {error}") from None
 
 
+def make_runtime(config: ServiceConfig, methods: MethodLibrary | None = None) -> Any:
+    """The models' owner: in this process when ``methods`` is given (tests) or ``MODEL_PROCESS=false``,
+    else in a child process (:mod:`backend.service.model_process`)."""
+    if methods is not None or not config.model_process:
+        return ModelRuntime(config, methods)
+    from .model_process import ProcessModelRuntime
+
+    return ProcessModelRuntime(config)
+
+
 def create_app(
     config: ServiceConfig | None = None,
     *,
     methods: MethodLibrary | None = None,
+    runtime: Any | None = None,
     training_hook: TrainingHook | None = None,
     session: requests.Session | None = None,
     load_models: bool | None = None,
 ) -> Flask:
-    """The WSGI app. ``methods`` replaces the real method code (tests); ``load_models`` overrides
-    ``MODEL_LOAD_ON_START``."""
+    """The WSGI app.
+
+    ``methods`` replaces the real method code, run in this process (tests); ``runtime`` replaces
+    the models' owner altogether; ``load_models`` overrides ``MODEL_LOAD_ON_START``.
+    """
     config = config or ServiceConfig.from_env()
-    runtime = ModelRuntime(config, methods)
+    runtime = runtime or make_runtime(config, methods)
+    atexit.register(runtime.stop)
     store = AnnotationStore(config.model_dir / "annotations")
     store.recover()
     metrics = ServiceMetrics()
@@ -324,7 +340,7 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
             models=runtime.status,
             models_load_seconds=runtime.load_seconds,
             preset=config.model_preset,
-            fmbseg_checkpoint=runtime.checkpoint_version(),
+            fmbseg_checkpoint=runtime.checkpoints.version(),
             training=service.training.status(),
             background_jobs=service.jobs.stats(),
             annotations_stored=service.store.count(),

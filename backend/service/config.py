@@ -96,6 +96,7 @@ class ServiceConfig:
     device: str | None = None  # DEVICE: e.g. cpu, cuda, cuda:1; None lets backend.models choose
     model_dir: Path = Path("model_dir")  # MODEL_DIR: annotations, checkpoints, caches
     load_models_on_start: bool = True  # MODEL_LOAD_ON_START (false: on the first /predict)
+    model_process: bool = True  # MODEL_PROCESS: models in a child process (false: in the HTTP process)
     model_load_wait_s: float = 60.0  # MODEL_LOAD_WAIT: /predict waits this long for loading
     fmbseg_checkpoint: Path | None = None  # FMBSEG_CHECKPOINT; default: newest in MODEL_DIR
     zeroguide_settings: Mapping[str, Any] = field(default_factory=dict)  # ZEROGUIDE_SETTINGS
@@ -107,7 +108,8 @@ class ServiceConfig:
     max_regions: int = 50  # MODEL_MAX_REGIONS (zero-guidance segments per image)
     min_region_area: int = 0  # MODEL_MIN_AREA: pixels at the original size
     polygon_tolerance: float = 1.0  # MODEL_POLYGON_TOLERANCE: Douglas-Peucker, pixels
-    fmbseg_refine: bool = True  # FMBSEG_REFINE: SAM refinement of FMbSeg masks
+    fmbseg_refine: bool | None = None  # FMBSEG_REFINE: SAM refinement (None: FMbSegSettings.refine)
+    fmbseg_open_vocabulary: bool = False  # FMBSEG_OPEN_VOCABULARY: labels outside the checkpoint zero-shot
 
     # --- Label Studio and images ----------------------------------------------------------
     label_studio_url: str | None = None  # LABEL_STUDIO_URL
@@ -165,6 +167,7 @@ class ServiceConfig:
             device=_text(env, "DEVICE"),
             model_dir=Path(_text(env, "MODEL_DIR", "model_dir")),
             load_models_on_start=_bool(env, "MODEL_LOAD_ON_START", True),
+            model_process=_bool(env, "MODEL_PROCESS", True),
             model_load_wait_s=_float(env, "MODEL_LOAD_WAIT", 60.0),
             fmbseg_checkpoint=Path(checkpoint) if checkpoint else None,
             zeroguide_settings=parse_settings_json(_text(env, "ZEROGUIDE_SETTINGS"), "ZEROGUIDE_SETTINGS"),
@@ -174,7 +177,8 @@ class ServiceConfig:
             max_regions=_int(env, "MODEL_MAX_REGIONS", 50, minimum=1),
             min_region_area=_int(env, "MODEL_MIN_AREA", 0),
             polygon_tolerance=_float(env, "MODEL_POLYGON_TOLERANCE", 1.0),
-            fmbseg_refine=_bool(env, "FMBSEG_REFINE", True),
+            fmbseg_refine=None if _text(env, "FMBSEG_REFINE") is None else _bool(env, "FMBSEG_REFINE", True),
+            fmbseg_open_vocabulary=_bool(env, "FMBSEG_OPEN_VOCABULARY", False),
             label_studio_url=_text(env, "LABEL_STUDIO_URL"),
             label_studio_api_key=_text(env, "LABEL_STUDIO_API_KEY"),
             local_files_root=Path(local_root) if local_root else None,

@@ -123,9 +123,65 @@ def _lower_this_threads_priority() -> None:
         logger.debug("could not lower the loader thread's priority: %s", error)
 
 
+def trained_classes(predictor: Any) -> list[str] | None:
+    """The class list an FMbSeg predictor's alignment checkpoint was trained for (None: no checkpoint)."""
+    method = getattr(predictor, "trained_classes", None)
+    if callable(method):
+        return method()
+    classes = getattr(getattr(predictor, "checkpoint", None), "classes", None)
+    return None if classes is None else [str(c) for c in classes]
+
+
 def settings_key(overrides: Mapping[str, Any]) -> str:
     """A canonical JSON string for a settings-override mapping (cache key, version hash input)."""
     return json.dumps(dict(overrides), sort_keys=True, default=str)
+
+
+class CheckpointLocator:
+    """Which FMbSeg alignment checkpoint to predict with, and its version string."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._versions: dict[tuple, str] = {}
+
+    @property
+    def directory(self) -> Path:
+        """Where training writes FMbSeg alignment checkpoints: ``MODEL_DIR/checkpoints/fmbseg``."""
+        return self.config.model_dir / FMBSEG_CHECKPOINT_SUBDIR
+
+    def path(self) -> Path | None:
+        """``FMBSEG_CHECKPOINT`` if set, else the newest checkpoint file in :attr:`directory`."""
+        if self.config.fmbseg_checkpoint is not None:
+            return self.config.fmbseg_checkpoint
+        if not self.directory.is_dir():
+            return None
+        candidates = [p for p in self.directory.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+    def version(self) -> str:
+        """``"base"`` without a checkpoint, else ``"<file stem>-<first 8 hex of its SHA-256>"``."""
+        path = self.path()
+        if path is None:
+            return "base"
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            raise ValueError(f"FMbSeg checkpoint {path} does not exist (FMBSEG_CHECKPOINT)") from None
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            version = self._versions.get(key)
+        if version is None:
+            digest = hashlib.sha256()
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            version = f"{path.stem}-{digest.hexdigest()[:8]}"
+            with self._lock:
+                self._versions[key] = version
+        return version
 
 
 class ModelRuntime:
@@ -140,7 +196,7 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._facades: dict[tuple, Any] = {}
-        self._checkpoint_versions: dict[tuple, str] = {}
+        self.checkpoints = CheckpointLocator(config)
         self.load_seconds: float | None = None
         # The facades keep per-image state (e.g. SAM's image embedding): one inference at a time.
         self.inference_lock = threading.Lock()
@@ -235,12 +291,14 @@ class ModelRuntime:
     # ---- method facades ---------------------------------------------------------------
 
     def zero_guidance(self, overrides: Mapping[str, Any]) -> Any:
+        """The zero-guidance facade for these setting overrides (``segment(image)``)."""
         key = ("zero-guidance", settings_key(overrides))
         return self._facade(key, lambda models: self.methods.zero_guidance(models, overrides))
 
     def fmbseg(self, overrides: Mapping[str, Any]) -> Any:
-        checkpoint = self.fmbseg_checkpoint()
-        key = ("fmbseg", settings_key(overrides), str(checkpoint), self.checkpoint_version())
+        """The FMbSeg facade for these overrides and the current checkpoint (``predict(...)``)."""
+        checkpoint = self.checkpoints.path()
+        key = ("fmbseg", settings_key(overrides), str(checkpoint), self.checkpoints.version())
         return self._facade(key, lambda models: self.methods.fmbseg(models, overrides, checkpoint))
 
     def _facade(self, key: tuple, build: Callable[[Any], Any], models: Any = None) -> Any:
@@ -259,42 +317,17 @@ class ModelRuntime:
         with self._lock:
             self._facades.clear()
 
-    # ---- FMbSeg alignment checkpoint -----------------------------------------------------
+    def run_training(self, hook: Callable[[Any], Any] | str, request: Any) -> Any:
+        """Run a training hook next to the models (here: in this process).
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        """Where training writes FMbSeg alignment checkpoints: ``MODEL_DIR/checkpoints/fmbseg``."""
-        return self.config.model_dir / FMBSEG_CHECKPOINT_SUBDIR
+        ``hook``: a callable, or a ``"package.module:function"`` path imported here.
+        """
+        if isinstance(hook, str):
+            from .training import import_hook
 
-    def fmbseg_checkpoint(self) -> Path | None:
-        """``FMBSEG_CHECKPOINT`` if set, else the newest checkpoint file in :attr:`checkpoint_dir`."""
-        if self.config.fmbseg_checkpoint is not None:
-            return self.config.fmbseg_checkpoint
-        if not self.checkpoint_dir.is_dir():
-            return None
-        candidates = [p for p in self.checkpoint_dir.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
-        if not candidates:
-            return None
-        return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
+            hook = import_hook(hook)
+        return hook(request)
 
-    def checkpoint_version(self) -> str:
-        """``"base"`` without a checkpoint, else ``"<file stem>-<first 8 hex of its SHA-256>"``."""
-        path = self.fmbseg_checkpoint()
-        if path is None:
-            return "base"
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise ValueError(f"FMbSeg checkpoint {path} does not exist (FMBSEG_CHECKPOINT)") from None
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
-        with self._lock:
-            version = self._checkpoint_versions.get(key)
-        if version is None:
-            digest = hashlib.sha256()
-            with path.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            version = f"{path.stem}-{digest.hexdigest()[:8]}"
-            with self._lock:
-                self._checkpoint_versions[key] = version
-        return version
+    def stop(self) -> None:
+        """Nothing to stop: the loader thread is a daemon."""
+

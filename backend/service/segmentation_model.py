@@ -121,7 +121,7 @@ class SegmentationMLBackend(MLBackendBase):
             parts.append(f"zg.{short_hash({**common, 'tags': zero_guidance})}")
         classes = [a.version_inputs() for a in self.adapters if a.mode == CLASSES]
         if classes:
-            parts.append(f"fmbseg.{short_hash({**common, 'tags': classes})}.{self.runtime.checkpoint_version()}")
+            parts.append(f"fmbseg.{short_hash({**common, 'tags': classes})}.{self.runtime.checkpoints.version()}")
         return "-".join(parts)
 
     # ---- predict --------------------------------------------------------------------------

@@ -50,33 +50,37 @@ class GunicornServer(BaseApplication):
         return create_app(self.service_config)
 
 
-# Imported before gunicorn forks its worker: the service's own stack, then every module of the
-# method packages (which import torch, open_clip, timm, segment-anything, transformers).
-PRELOADED_MODULES = ("backend.service.app", "torch")
-PRELOADED_PACKAGES = ("backend.models", "backend.zeroguide", "backend.fmbseg")
+# Imported before gunicorn forks its worker: the service's own stack; with MODEL_PROCESS=false
+# also every module of the method packages (which import torch, open_clip, timm, ...).
+SERVICE_MODULES = ("backend.service.app",)
+METHOD_PACKAGES = ("backend.models", "backend.zeroguide", "backend.fmbseg")
 
 
-def import_libraries() -> None:
+def import_libraries(config: ServiceConfig) -> None:
     """Import (never build) the heavy libraries before gunicorn binds the port and forks.
 
-    Importing torch, open_clip and friends takes seconds and holds the interpreter lock for long
-    stretches; done in the worker's loader thread it delayed ``/health`` by up to 0.8 s (Label
-    Studio allows 1 s). Done here, the port opens once they are imported and the worker answers
-    at once. No threads, models or devices are touched before the fork (the worker's
-    ``create_app`` starts those); the method packages promise nothing heavy at import time.
+    Once the port accepts connections the worker answers at once. By default the models live in
+    a child process that imports its own libraries, so only Flask and label-studio-sdk are needed
+    here; with ``MODEL_PROCESS=false`` the worker loads the models itself and torch, open_clip
+    and friends are imported here too (imported in the worker's loader thread they held the
+    interpreter and delayed ``/health``). Nothing is built and no thread started before the fork.
     A module that fails to import is only logged: the worker reports it where it matters.
     """
     log = logging.getLogger(__name__)
-    names = list(PRELOADED_MODULES)
-    for package_name in PRELOADED_PACKAGES:
-        try:
-            package = importlib.import_module(package_name)
-        except Exception as error:
-            log.warning("could not import %s before starting: %s: %s", package_name, type(error).__name__, error)
-            continue
-        for module in pkgutil.walk_packages(package.__path__, prefix=package_name + "."):
-            if not module.name.endswith("__main__"):
-                names.append(module.name)
+    names = list(SERVICE_MODULES)
+    if not config.model_process:
+        names.append("torch")
+        for package_name in METHOD_PACKAGES:
+            try:
+                package = importlib.import_module(package_name)
+            except Exception as error:
+                log.warning("could not import %s before starting: %s: %s", package_name, type(error).__name__, error)
+                continue
+            names.extend(
+                module.name
+                for module in pkgutil.walk_packages(package.__path__, prefix=package_name + ".")
+                if not module.name.endswith("__main__")
+            )
     started = time.monotonic()
     for name in names:
         try:
@@ -105,6 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
-    import_libraries()
+    import_libraries(config)
     GunicornServer(config).run()
     return 0

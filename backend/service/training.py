@@ -100,11 +100,10 @@ class TrainingCoordinator:
     def has_hook(self) -> bool:
         return self._hook is not None or self._hook_path is not None
 
-    def _resolve_hook(self) -> TrainingHook | None:
+    def _hook_reference(self) -> TrainingHook | str | None:
+        """The registered callable, else the ``TRAINING_HOOK`` path (imported where it runs)."""
         with self._lock:
-            if self._hook is None and self._hook_path is not None:
-                self._hook = import_hook(self._hook_path)
-            return self._hook
+            return self._hook if self._hook is not None else self._hook_path
 
     def note_requested(self) -> None:
         with self._lock:
@@ -114,10 +113,7 @@ class TrainingCoordinator:
 
     def run(self, project_id: Any, label_config: str | None, event: Mapping[str, Any]) -> dict[str, Any]:
         """Run the hook now (called from the background queue); returns the status."""
-        try:
-            hook = self._resolve_hook()
-        except ValueError as error:
-            return self._finish_failed(str(error), time.monotonic())
+        hook = self._hook_reference()
         if hook is None:
             logger.warning("START_TRAINING received but no training hook is registered (TRAINING_HOOK)")
             with self._lock:
@@ -132,7 +128,7 @@ class TrainingCoordinator:
             label_config=label_config,
             annotations=self.store.current(project),
             model_dir=self.runtime.config.model_dir,
-            checkpoint_dir=self.runtime.checkpoint_dir,
+            checkpoint_dir=self.runtime.checkpoints.directory,
             preset=self.runtime.config.model_preset,
             event=event,
         )
@@ -141,7 +137,7 @@ class TrainingCoordinator:
             self._status.update(state="running", last_started_at=_now())
         logger.info("training started: project %s, %d annotations", project, len(request.annotations))
         try:
-            result = hook(request)
+            result = self.runtime.run_training(hook, request)
         except Exception as error:
             logger.exception("training hook failed")
             return self._finish_failed(f"{type(error).__name__}: {error}", started)

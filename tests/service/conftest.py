@@ -64,13 +64,17 @@ class FakeFMbSeg:
     """FMbSeg stand-in: class i gets the i-th horizontal band; prompts containing "unknown"
     are not returned (a class the model cannot handle)."""
 
-    def __init__(self, overrides: dict, checkpoint: Path | None) -> None:
+    def __init__(self, overrides: dict, checkpoint_path: Path | None, trained: list[str] | None = None) -> None:
         self.overrides = dict(overrides)
-        self.checkpoint = checkpoint
+        self.checkpoint_path = checkpoint_path
+        # like FMbSegPredictor.checkpoint: None (Stage 1) or a record with the trained classes
+        self.checkpoint = SimpleNamespace(classes=trained) if trained is not None else None
         self.calls: list[tuple] = []
 
-    def predict(self, image: np.ndarray, classes: list[str], refine: bool = True) -> SimpleNamespace:
-        self.calls.append((tuple(classes), refine))
+    def predict(
+        self, image: np.ndarray, classes: list[str], refine: bool | None = None, open_vocabulary: bool = False
+    ) -> SimpleNamespace:
+        self.calls.append((tuple(classes), refine, open_vocabulary))
         height, width = image.shape[:2]
         handled = [c for c in classes if "unknown" not in c]
         label_map = np.full((height, width), -1, int)
@@ -84,7 +88,8 @@ class FakeFMbSeg:
 class FakeMethods:
     """A ``MethodLibrary`` without models; ``release`` gates loading (for /health-while-loading)."""
 
-    def __init__(self, block_loading: bool = False, fail_loading: bool = False) -> None:
+    def __init__(self, block_loading: bool = False, fail_loading: bool = False, trained: list[str] | None = None) -> None:
+        self.trained = trained
         self.release = threading.Event()
         if not block_loading:
             self.release.set()
@@ -105,7 +110,7 @@ class FakeMethods:
         return self.segmenters[-1]
 
     def fmbseg(self, models: object, overrides: dict, checkpoint: Path | None) -> FakeFMbSeg:
-        self.predictors.append(FakeFMbSeg(overrides, checkpoint))
+        self.predictors.append(FakeFMbSeg(overrides, checkpoint, self.trained))
         return self.predictors[-1]
 
 

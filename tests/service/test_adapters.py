@@ -176,7 +176,7 @@ def test_class_masks_are_exactly_the_labels(config):
     cat = rle_to_mask(results[0]["value"]["rle"], 24, 32)
     assert cat[:12].all() and not cat[12:].any()  # the fake's first band
     assert all("score" not in r for r in results)  # the fake gives no per-class score
-    assert runtime.methods.predictors[0].calls == [(("cat", "sky"), True)]
+    assert runtime.methods.predictors[0].calls == [(("cat", "sky"), None, False)]  # refine: the method's default
 
 
 def test_label_prompts_and_unsupported_labels_are_reported(config):
@@ -250,3 +250,24 @@ def test_text_area_conditions(config):
     )
     (adapter,), _ = adapters_for(xml, config)
     assert adapter.text_area.name == "right"
+
+
+def test_a_trained_checkpoint_decides_the_vocabulary(config):
+    xml = view('<BrushLabels name="c" toName="image"><Label value="cat"/><Label value="sky"/></BrushLabels>')
+    (adapter,), runtime = adapters_for(xml, config, FakeMethods(trained=["dog", "cat"]))
+    results = adapter.predict_regions(loaded(), {})
+    assert runtime.methods.predictors[0].calls == [(("dog", "cat"), None, False)]  # the checkpoint's classes
+    assert [r["value"]["brushlabels"] for r in results] == [["cat"]]
+    assert "alignment checkpoint was trained for ['cat', 'dog']" in adapter.unsupported["sky"]
+    assert 'model_open_vocabulary="true"' in adapter.unsupported["sky"]
+
+
+def test_open_vocabulary_predicts_labels_outside_the_checkpoint(config):
+    xml = view(
+        '<BrushLabels name="c" toName="image" model_open_vocabulary="true" model_refine="false">'
+        '<Label value="cat"/><Label value="sky"/></BrushLabels>'
+    )
+    (adapter,), runtime = adapters_for(xml, config, FakeMethods(trained=["dog", "cat"]))
+    results = adapter.predict_regions(loaded(), {})
+    assert runtime.methods.predictors[0].calls == [(("cat", "sky"), False, True)]
+    assert [r["value"]["brushlabels"] for r in results] == [["cat"], ["sky"]] and not adapter.unsupported

@@ -109,7 +109,7 @@ class TagOptions:
     def _where(self, attribute: str) -> str:
         return f'<{self.control.tag} name="{self.control.name}" {attribute}=...>'
 
-    def flag(self, attribute: str, default: bool) -> bool:
+    def flag(self, attribute: str, default: bool | None) -> bool | None:
         raw = self._raw(attribute)
         if raw is None:
             return default

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..images import LoadedImage
+from ..runtime import settings_key, trained_classes
 from .base import CLASSES, BrushShape, ControlAdapter, LabelConfigError, PolygonShape, TagOptions, clip_score
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class _ClassMaskAdapter(ControlAdapter):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refine = self.options.flag("model_refine", self.config.fmbseg_refine)
+        self.open_vocabulary = self.options.flag("model_open_vocabulary", self.config.fmbseg_open_vocabulary)
         self.settings_overrides = self.options.settings("model_settings", self.config.fmbseg_settings)
         self.prompt_to_label: dict[str, str] = {}
         self.unsupported: dict[str, str] = {}  # label -> reason
@@ -77,19 +79,21 @@ class _ClassMaskAdapter(ControlAdapter):
             "method": CLASSES,
             "classes": self.prompt_to_label,
             "refine": self.refine,
+            "open_vocabulary": self.open_vocabulary,
             "settings": self.settings_overrides,
         }
 
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
-        key = ("fmbseg", image.source, tuple(self.classes), self.refine, repr(sorted(self.settings_overrides.items())))
+        predictor = self.runtime.fmbseg(self.settings_overrides)
+        classes, options = self._vocabulary(predictor)
+        key = ("fmbseg", image.source, tuple(classes), repr(sorted(options.items())), settings_key(self.settings_overrides))
         if key not in cache:
-            predictor = self.runtime.fmbseg(self.settings_overrides)
             with self.runtime.inference_lock:
-                cache[key] = predictor.predict(image.pixels, classes=self.classes, refine=self.refine)
+                cache[key] = predictor.predict(image.pixels, classes=classes, **options)
         output = cache[key]
         class_masks = dict(getattr(output, "class_masks", None) or {})
         class_scores = dict(getattr(output, "class_scores", None) or {})
-        returned = set(getattr(output, "classes", None) or class_masks)
+        returned = list(getattr(output, "classes", None) or class_masks)
         results: list[dict] = []
         for prompt, label in self.prompt_to_label.items():
             if prompt not in returned:
@@ -97,7 +101,7 @@ class _ClassMaskAdapter(ControlAdapter):
                 continue
             mask = class_masks.get(prompt)
             if mask is None:
-                mask = np.asarray(output.label_map) == list(output.classes).index(prompt)
+                mask = np.asarray(output.label_map) == returned.index(prompt)
             mask = image.mask_to_original(np.asarray(mask))
             if not mask.any() or int(mask.sum()) < self.min_area:
                 continue
@@ -106,6 +110,30 @@ class _ClassMaskAdapter(ControlAdapter):
                 continue
             results.extend(self.shape_results(image, mask, label, score))
         return results
+
+    def _vocabulary(self, predictor: Any) -> tuple[list[str], dict[str, Any]]:
+        """The class list to ask for and the keyword options of ``predict``.
+
+        Without an alignment checkpoint (Stage 1) or with ``model_open_vocabulary``, the tag's
+        prompts. With a checkpoint, the classes it was trained for (FMbSeg's closed setting):
+        the tag's labels among them are predicted, the others reported.
+        """
+        options: dict[str, Any] = {}
+        if self.refine is not None:
+            options["refine"] = self.refine
+        trained = trained_classes(predictor)
+        if trained is None:
+            return self.classes, options
+        if self.open_vocabulary:
+            return self.classes, {**options, "open_vocabulary": True}
+        for prompt, label in self.prompt_to_label.items():
+            if prompt not in trained:
+                self._report(
+                    label,
+                    f"the alignment checkpoint was trained for {sorted(trained)}: retrain with this label, "
+                    'or set model_open_vocabulary="true" to predict it zero-shot',
+                )
+        return list(trained), options
 
 
 class _LabelView:

@@ -82,7 +82,7 @@ class _ZeroGuidanceAdapter(ControlAdapter):
                 cache[key] = segmenter.segment(image.pixels)
         segments = list(cache[key].segments)
         scored = [(clip_score(getattr(segment, "score", None)), segment) for segment in segments]
-        scored.sort(key=lambda item: -1.0 if item[0] is None else -item[0])
+        scored.sort(key=lambda item: 1.0 if item[0] is None else -item[0])  # best first, unscored last
         results: list[dict] = []
         kept = 0
         for score, segment in scored:

@@ -1,0 +1,393 @@
+"""The models in a child process, so that model code never stalls the HTTP threads.
+
+Some model code holds Python's interpreter lock for long stretches: pydensecrf's CRF inference
+held it 0.2-0.8 s on a 320x240 image and over a minute on 1024x768 with 20 labels on this
+machine; while it does, no other thread of the process runs, and Label Studio's 1 s ``/health``
+check times out. :class:`ProcessModelRuntime` keeps the HTTP process free of models (it never
+imports torch): a spawned child process (at lower CPU priority) owns an in-process
+:class:`~backend.service.runtime.ModelRuntime`, and the parent talks to it over a pipe:
+
+* parent -> child: ``("call", id, kind, overrides, arguments)``, ``("train", id, hook, request)``,
+  ``("forget",)``, ``("stop",)``;
+* child -> parent: ``("status", status, load_seconds)``, ``("result", id, value)``,
+  ``("error", id, type name, message, models_not_ready)``.
+
+The parent's facade proxies (``segment``, ``predict``) have the same signatures as the real
+facades and return plain picklable results. Calls are answered one at a time, in order; a
+training run has its own thread in the child. If the child dies (e.g. killed for memory), pending
+calls fail, ``/health`` reports it, and the next request starts a new child (up to
+``MAX_RESTARTS`` times).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .config import ServiceConfig
+from .runtime import (
+    CheckpointLocator,
+    DefaultMethodLibrary,
+    MethodLibrary,
+    ModelRuntime,
+    ModelsNotReady,
+    trained_classes,
+)
+
+logger = logging.getLogger(__name__)
+
+CHILD_NICENESS = 10
+MAX_RESTARTS = 3
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+
+class MethodError(RuntimeError):
+    """A method raised in the model process; the message starts with the original type."""
+
+
+# ---- plain results that cross the pipe ------------------------------------------------------
+
+
+@dataclass
+class SegmentOutput:
+    """One zero-guidance segment: ``mask`` ``(H, W)`` bool, ``text``, ``score`` (or None)."""
+
+    mask: np.ndarray
+    text: str
+    score: float | None
+
+
+@dataclass
+class ZeroGuidanceOutput:
+    segments: list[SegmentOutput]
+
+
+@dataclass
+class ClassMaskOutput:
+    """FMbSeg output: ``label_map`` ``(H, W)`` int32 (-1: nothing), ``class_masks``, ``classes``."""
+
+    label_map: np.ndarray | None
+    class_masks: dict[str, np.ndarray]
+    classes: list[str]
+    class_scores: dict[str, float] = field(default_factory=dict)
+
+
+def _plain_zero_guidance(result: Any) -> ZeroGuidanceOutput:
+    segments = []
+    for segment in result.segments:
+        score = getattr(segment, "score", None)
+        segments.append(
+            SegmentOutput(
+                mask=np.asarray(segment.mask, dtype=bool),
+                text=str(getattr(segment, "text", "") or ""),
+                score=None if score is None else float(score),
+            )
+        )
+    return ZeroGuidanceOutput(segments)
+
+
+def _plain_class_masks(output: Any) -> ClassMaskOutput:
+    label_map = getattr(output, "label_map", None)
+    scores = getattr(output, "class_scores", None) or {}
+    return ClassMaskOutput(
+        label_map=None if label_map is None else np.asarray(label_map, dtype=np.int32),
+        class_masks={str(k): np.asarray(v, dtype=bool) for k, v in (getattr(output, "class_masks", None) or {}).items()},
+        classes=[str(c) for c in getattr(output, "classes", None) or []],
+        class_scores={str(k): float(v) for k, v in scores.items()},
+    )
+
+
+def default_method_library(config: ServiceConfig) -> MethodLibrary:
+    """The real methods, caching under ``MODEL_DIR/caches`` (module-level: picklable for spawn)."""
+    return DefaultMethodLibrary(cache_dir=config.model_dir / "caches")
+
+
+# ---- the child --------------------------------------------------------------------------------
+
+
+def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[ServiceConfig], MethodLibrary]) -> None:
+    """Entry point of the model process."""
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+    try:
+        os.nice(CHILD_NICENESS)
+    except (AttributeError, OSError):
+        pass
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    runtime = ModelRuntime(config, methods_factory(config))
+    send(("status", "loading", None))
+    runtime.start_loading()
+
+    def report_when_loaded() -> None:
+        runtime._ready.wait()
+        send(("status", runtime.status, runtime.load_seconds))
+
+    threading.Thread(target=report_when_loaded, name="status-reporter", daemon=True).start()
+
+    def answer(request_id: int, work: Callable[[], Any]) -> None:
+        try:
+            value = work()
+        except ModelsNotReady as error:
+            send(("error", request_id, "ModelsNotReady", str(error), True))
+        except Exception as error:  # reported to the parent, which fails that task only
+            logger.exception("model process: request %s failed", request_id)
+            send(("error", request_id, type(error).__name__, str(error), False))
+        else:
+            send(("result", request_id, value))
+
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break  # the parent is gone
+        kind = message[0]
+        if kind == "stop":
+            break
+        if kind == "forget":
+            runtime.forget_facades()
+        elif kind == "call":
+            _, request_id, method, overrides, arguments = message
+            answer(request_id, lambda: _call(runtime, method, overrides, arguments))
+        elif kind == "train":
+            _, request_id, hook, request = message
+            threading.Thread(
+                target=answer, args=(request_id, lambda: runtime.run_training(hook, request)), name="training", daemon=True
+            ).start()
+
+
+def _call(runtime: ModelRuntime, method: str, overrides: Mapping[str, Any], arguments: dict) -> Any:
+    wait = max(runtime.config.model_load_wait_s, 1.0)
+    runtime.wait_until_ready(wait)
+    if method == "zero_guidance":
+        return _plain_zero_guidance(runtime.zero_guidance(overrides).segment(arguments["image"]))
+    if method == "fmbseg":
+        output = runtime.fmbseg(overrides).predict(arguments["image"], classes=arguments["classes"], **arguments["options"])
+        return _plain_class_masks(output)
+    if method == "fmbseg_trained_classes":
+        return trained_classes(runtime.fmbseg(overrides))
+    raise ValueError(f"unknown method {method!r}")
+
+
+# ---- the parent -------------------------------------------------------------------------------
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class ProcessModelRuntime:
+    """Same interface as :class:`ModelRuntime`; the models live in a child process."""
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        methods_factory: Callable[[ServiceConfig], MethodLibrary] = default_method_library,
+    ) -> None:
+        self.config = config
+        self.methods_factory = methods_factory
+        self.checkpoints = CheckpointLocator(config)
+        self.inference_lock = threading.Lock()  # the child answers one call at a time anyway
+        self.load_seconds: float | None = None
+        self.restarts = 0
+        self._status = "idle"
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._process: Any = None
+        self._conn: Any = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def start_loading(self) -> None:
+        with self._lock:
+            if self._status != "idle":
+                return
+            self._spawn_locked()
+
+    def _spawn_locked(self) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork a threaded process
+        parent_end, child_end = context.Pipe()
+        process = context.Process(
+            target=_child_main,
+            args=(child_end, self.config, self.methods_factory),
+            name="model-process",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        self._process, self._conn = process, parent_end
+        self._status = "loading"
+        self._ready.clear()
+        threading.Thread(target=self._read, args=(parent_end, process), name="model-process-reader", daemon=True).start()
+        logger.info("model process %s started (preset %r)", process.pid, self.config.model_preset)
+
+    def _read(self, conn: Any, process: Any) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message[0]
+            if kind == "status":
+                _, status, load_seconds = message
+                with self._lock:
+                    if self._conn is conn:
+                        self._status = status
+                        self.load_seconds = load_seconds
+                if status != "loading":
+                    self._ready.set()
+            elif kind in ("result", "error"):
+                with self._lock:
+                    pending = self._pending.pop(message[1], None)
+                if pending is None:
+                    continue
+                if kind == "result":
+                    pending.value = message[2]
+                else:
+                    _, _, type_name, text, not_ready = message
+                    pending.error = ModelsNotReady(text) if not_ready else MethodError(f"{type_name}: {text}")
+                pending.done.set()
+        process.join(timeout=5)
+        self._child_exited(conn, process.exitcode)
+
+    def _child_exited(self, conn: Any, exitcode: int | None) -> None:
+        with self._lock:
+            if self._conn is not conn:
+                return  # an old child, already replaced or stopped
+            stopped = self._status == "stopped"
+            if not stopped:
+                self._status = f"error: the model process exited (exit code {exitcode})"
+                logger.error("%s", self._status)
+            pending, self._pending = self._pending, {}
+            self._conn = None
+        self._ready.set()
+        for item in pending.values():
+            item.error = ModelsNotReady("the model process exited while working on this request; see the log")
+            item.done.set()
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Raise :class:`ModelsNotReady` unless the child has loaded its models (restarts a dead child)."""
+        with self._lock:
+            if self._status == "idle":
+                self._spawn_locked()
+            elif self._status.startswith("error: the model process exited") and self.restarts < MAX_RESTARTS:
+                self.restarts += 1
+                logger.warning("restarting the model process (restart %d of %d)", self.restarts, MAX_RESTARTS)
+                self._spawn_locked()
+        self._ready.wait(timeout_s)
+        status = self._status
+        if status == "ready":
+            return
+        if status.startswith("error"):
+            raise ModelsNotReady(f"models failed to load ({status[len('error: '):]}); see the service log")
+        raise ModelsNotReady(
+            f"models are still loading (preset {self.config.model_preset!r}); retry in a minute "
+            f"(waited {timeout_s:.0f} s, MODEL_LOAD_WAIT)"
+        )
+
+    def stop(self) -> None:
+        with self._lock:
+            conn, process = self._conn, self._process
+            self._status = "stopped"
+        if conn is not None:
+            try:
+                with self._send_lock:
+                    conn.send(("stop",))
+            except (OSError, EOFError):
+                pass
+        if process is not None:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def _request(self, message_head: tuple, *rest: Any, timeout_s: float | None = None) -> Any:
+        request_id = next(self._ids)
+        pending = _Pending()
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise ModelsNotReady(f"the model process is not running ({self._status})")
+            self._pending[request_id] = pending
+        try:
+            with self._send_lock:
+                conn.send((*message_head[:1], request_id, *message_head[1:], *rest))
+        except (OSError, EOFError, pickle.PicklingError) as error:
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise ModelsNotReady(f"could not reach the model process: {error}") from None
+        if not pending.done.wait(timeout_s):
+            raise TimeoutError(f"the model process did not answer within {timeout_s} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def zero_guidance(self, overrides: Mapping[str, Any]) -> "_RemoteSegmenter":
+        self.wait_until_ready(self.config.model_load_wait_s)
+        return _RemoteSegmenter(self, dict(overrides))
+
+    def fmbseg(self, overrides: Mapping[str, Any]) -> "_RemotePredictor":
+        self.wait_until_ready(self.config.model_load_wait_s)
+        return _RemotePredictor(self, dict(overrides))
+
+    def forget_facades(self) -> None:
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            with self._send_lock:
+                conn.send(("forget",))
+
+    def run_training(self, hook: Callable[[Any], Any] | str, request: Any) -> Any:
+        """Run the hook in the model process (next to the models). A callable that cannot be
+        pickled (a lambda, a closure) runs here instead, without the child's models."""
+        self.wait_until_ready(self.config.model_load_wait_s)
+        if not isinstance(hook, str):
+            try:
+                pickle.dumps(hook)
+            except (pickle.PicklingError, AttributeError, TypeError):
+                logger.warning("training hook %r cannot be sent to the model process; running it here", hook)
+                return hook(request)
+        return self._request(("train",), hook, request)
+
+
+class _RemoteSegmenter:
+    def __init__(self, runtime: ProcessModelRuntime, overrides: dict) -> None:
+        self.runtime, self.overrides = runtime, overrides
+
+    def segment(self, image: np.ndarray) -> ZeroGuidanceOutput:
+        return self.runtime._request(("call", "zero_guidance", self.overrides), {"image": image})
+
+
+class _RemotePredictor:
+    def __init__(self, runtime: ProcessModelRuntime, overrides: dict) -> None:
+        self.runtime, self.overrides = runtime, overrides
+
+    def predict(self, image: np.ndarray, classes: list[str], **options: Any) -> ClassMaskOutput:
+        arguments = {"image": image, "classes": list(classes), "options": options}
+        return self.runtime._request(("call", "fmbseg", self.overrides), arguments)
+
+    def trained_classes(self) -> list[str] | None:
+        return self.runtime._request(("call", "fmbseg_trained_classes", self.overrides), {})
