@@ -163,7 +163,7 @@ def densecrf_refine(
     crf.addPairwiseBilateral(
         sxy=bilateral_sxy,
         srgb=bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),  # pydensecrf needs a writable buffer
         compat=bilateral_compat,
         kernel=dcrf.DIAG_KERNEL,
         normalization=dcrf.NORMALIZE_SYMMETRIC,

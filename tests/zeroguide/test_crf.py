@@ -94,3 +94,10 @@ def test_crf_rejects_bad_input():
         densecrf_refine(np.zeros((8, 8, 3), np.uint8), features, label_map, iterations=0)
     with pytest.raises(ValueError, match="match the feature grid"):
         densecrf_refine(np.zeros((8, 8, 3), np.uint8), features, np.zeros((3, 3), int))
+
+
+def test_read_only_image_is_accepted():
+    image = np.zeros((16, 16, 3), dtype=np.uint8)
+    image.setflags(write=False)  # e.g. np.asarray of a PIL image
+    labels = densecrf_refine(image, np.random.default_rng(0).normal(size=(4, 4, 8)), np.arange(16).reshape(4, 4) % 3)
+    assert labels.shape == (16, 16)
