@@ -29,7 +29,7 @@ from werkzeug.exceptions import HTTPException
 from .adapters import LabelConfigError
 from .annotation_store import AnnotationStore
 from .config import ServiceConfig
-from .images import ImageFetcher, ImageLimits
+from .images import ImageFetcher, ImageLimits, ImageSource
 from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
 from .metrics import ServiceMetrics
@@ -127,25 +127,31 @@ class SegmentationService:
                 self._models.popitem(last=False)
         return model
 
-    def fetcher_for(self, project: str | None) -> ImageFetcher:
-        """An image fetcher with Label Studio credentials: the environment's, else ``/setup``'s."""
+    def image_source_for(self, project: str | None) -> ImageSource:
+        """Where images come from: the environment's Label Studio credentials, else ``/setup``'s."""
         url, key = self.config.label_studio_url, self.config.label_studio_api_key
         context = self.project_context(project)
         if url is None and context is not None and context.hostname:
             url = context.hostname.rstrip("/")
         if key is None and context is not None and context.access_token:
             key = context.access_token
+        return ImageSource(self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root)
+
+    def fetcher_for(self, project: str | None) -> ImageFetcher:
+        """An image fetcher for a project (its access token cached across requests)."""
+        source = self.image_source_for(project)
         auth = None
-        if url is not None and key:
+        if source.label_studio_url is not None and source.api_key:
             with self._lock:
-                auth = self._auths.get((url, key))
+                key = (source.label_studio_url, source.api_key)
+                auth = self._auths.get(key)
                 if auth is None:
-                    auth = self._auths[(url, key)] = LabelStudioAuth(url, key, session=self.session)
+                    auth = self._auths[key] = LabelStudioAuth(*key, session=self.session)
         return ImageFetcher(
             self.limits,
-            label_studio_url=url,
+            label_studio_url=source.label_studio_url,
             auth=auth,
-            local_files_root=self.config.local_files_root,
+            local_files_root=source.local_files_root,
             session=self.session,
         )
 
@@ -199,6 +205,9 @@ def create_app(
     jobs = BackgroundQueue()
     training = TrainingCoordinator(store, runtime, hook=training_hook, hook_path=config.training_hook)
     service = SegmentationService(config, runtime, store, jobs, training, metrics, session=session)
+    training.image_source_for = lambda project_id: service.image_source_for(
+        None if project_id is None else str(project_id)
+    )
 
     app = Flask("backend.service")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES

@@ -29,7 +29,7 @@ import math
 import struct
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -162,6 +162,26 @@ def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> L
         original_height=original_height,
         source=source,
     )
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Everything needed to build an :class:`ImageFetcher`, in a picklable form.
+
+    Handed to training hooks (which may run in the model process) so they can load the images of
+    the annotated tasks: ``request.images.fetcher().load(task["data"]["image"])``.
+    """
+
+    limits: ImageLimits
+    label_studio_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    local_files_root: Path | None = None
+
+    def fetcher(self) -> "ImageFetcher":
+        auth = LabelStudioAuth(self.label_studio_url, self.api_key) if self.label_studio_url and self.api_key else None
+        return ImageFetcher(
+            self.limits, label_studio_url=self.label_studio_url, auth=auth, local_files_root=self.local_files_root
+        )
 
 
 class ImageFetcher:

@@ -15,11 +15,15 @@ import importlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from .annotation_store import AnnotationStore
+from .images import ImageSource
+from .masks import polygon_to_mask, rle_to_mask
 from .runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
@@ -30,7 +34,9 @@ class TrainingRequest:
     """What a training hook gets.
 
     ``annotations``: the current human annotations of the project, as stored by
-    :class:`AnnotationStore` (records with ``annotation``, ``task``, ``project_id``...).
+    :class:`AnnotationStore` (records with ``annotation``, ``task``, ``project_id``...); turn one
+    into masks with :func:`annotation_regions`. ``images``: loads the tasks' images
+    (``request.images.fetcher().load(record["task"]["data"]["image"]).pixels``), or ``None``.
     """
 
     project_id: int | None
@@ -40,6 +46,63 @@ class TrainingRequest:
     checkpoint_dir: Path
     preset: str
     event: Mapping[str, Any]
+    images: ImageSource | None = None
+
+
+@dataclass
+class AnnotatedRegion:
+    """One region of a human annotation: its mask and what the human said about it.
+
+    ``mask``: ``(original_height, original_width)`` bool. ``labels``: the brush/polygon labels.
+    ``texts``: per-region TextArea values by control name; ``choices``: per-region Choices
+    (e.g. the 0-3 rating) by control name.
+    """
+
+    region_id: str
+    from_name: str
+    labels: list[str]
+    mask: np.ndarray
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    choices: dict[str, list[str]] = field(default_factory=dict)
+
+
+def annotation_regions(record: Mapping[str, Any]) -> list[AnnotatedRegion]:
+    """The brush and polygon regions of a stored annotation record, with their linked texts/choices.
+
+    Results of one region share an ``id`` (how Label Studio links a per-region TextArea or
+    Choices to a brush); results that are not brush/polygon attach to the region with their id.
+    """
+    results = (record.get("annotation") or {}).get("result") or []
+    regions: dict[str, AnnotatedRegion] = {}
+    extras: list[dict] = []
+    for result in results:
+        kind = str(result.get("type", "")).lower()
+        value = result.get("value") or {}
+        height, width = result.get("original_height"), result.get("original_width")
+        if kind in ("brushlabels", "brush") and value.get("format", "rle") == "rle" and height and width:
+            mask = rle_to_mask(value["rle"], int(height), int(width))
+            labels = list(value.get("brushlabels") or [])
+        elif kind in ("polygonlabels", "polygon") and height and width:
+            mask = polygon_to_mask(value.get("points") or [], int(height), int(width))
+            labels = list(value.get("polygonlabels") or [])
+        else:
+            extras.append(result)
+            continue
+        region_id = str(result.get("id"))
+        if region_id in regions:  # several brush results of one region: union
+            regions[region_id].mask |= mask
+        else:
+            regions[region_id] = AnnotatedRegion(region_id, str(result.get("from_name")), labels, mask)
+    for result in extras:
+        region = regions.get(str(result.get("id")))
+        value = result.get("value") or {}
+        if region is None:
+            continue
+        if "text" in value:
+            region.texts[str(result.get("from_name"))] = [str(t) for t in value["text"]]
+        elif "choices" in value:
+            region.choices[str(result.get("from_name"))] = [str(c) for c in value["choices"]]
+    return list(regions.values())
 
 
 TrainingHook = Callable[[TrainingRequest], Any]
@@ -74,6 +137,8 @@ class TrainingCoordinator:
     ) -> None:
         self.store = store
         self.runtime = runtime
+        # Set by the app: project id -> where that project's images come from (for the hook).
+        self.image_source_for: Callable[[int | None], ImageSource | None] = lambda project_id: None
         self._hook = hook
         self._hook_path = hook_path
         self._lock = threading.Lock()
@@ -131,6 +196,7 @@ class TrainingCoordinator:
             checkpoint_dir=self.runtime.checkpoints.directory,
             preset=self.runtime.config.model_preset,
             event=event,
+            images=self.image_source_for(project),
         )
         started = time.monotonic()
         with self._lock:

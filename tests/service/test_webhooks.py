@@ -5,9 +5,12 @@ import copy
 import pytest
 
 from backend.service.app import create_app
-from backend.service.training import TrainingRequest, import_hook
+import numpy as np
 
-from .conftest import FakeMethods, load_recorded
+from backend.service.masks import mask_to_polygons, mask_to_rle
+from backend.service.training import TrainingRequest, annotation_regions, import_hook
+
+from .conftest import FakeMethods, load_recorded, png_bytes, sample_image
 
 CREATED = load_recorded("webhook-annotation-created.json")["body"]
 UPDATED = load_recorded("webhook-annotation-updated.json")["body"]
@@ -72,8 +75,10 @@ def test_unknown_events_are_ignored_with_200(config):
         assert response.status_code == 200 and response.json["status"] == "ignored"
 
 
-def test_start_training_calls_the_registered_hook_in_the_background(config):
+def test_start_training_calls_the_registered_hook_in_the_background(config, fake_ls):
     received.clear()
+    fake_ls.state.protected["/data/upload/1/5d0c446e-test1.png"] = png_bytes(sample_image(320, 240))
+    config = config.replace(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.state.pat)
     app, client, service = make_app(config, training_hook=recording_hook)
     client.post("/webhook", json=CREATED)
     assert client.post("/webhook", json=START_TRAINING).json == {"status": "training queued"}
@@ -83,6 +88,10 @@ def test_start_training_calls_the_registered_hook_in_the_background(config):
     assert [a["annotation_id"] for a in request.annotations] == [1]
     assert request.checkpoint_dir == config.model_dir / "checkpoints" / "fmbseg"
     assert request.preset == "cpu"
+    # the hook can load the annotated images with the service's credentials
+    image = request.images.fetcher().load(request.annotations[0]["task"]["data"]["image"])
+    assert (image.original_width, image.original_height) == (320, 240)
+    assert fake_ls.state.pat not in repr(request.images)
     training = client.get("/metrics").json["training"]
     assert training["state"] == "succeeded" and training["runs"] == 1 and training["requested"] == 1
     assert training["last_result"]["steps"] == 3 and training["last_result"]["checkpoint"].endswith("alignment-1.safetensors")
@@ -128,3 +137,26 @@ def test_webhook_storage_problems_are_400(config):
     assert response.status_code == 400 and "annotation.id" in response.json["error"]
     response = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": []})
     assert response.status_code == 400
+
+
+def test_annotation_regions_joins_masks_texts_and_ratings_by_region_id(tmp_path):
+    record = {"annotation": copy.deepcopy(UPDATED["annotation"])}
+    (region,) = annotation_regions(record)
+    assert region.from_name == "segment" and region.labels == ["segment"]
+    assert region.mask.shape == (240, 320) and region.mask.any()
+    assert region.texts == {"caption": ["updated caption"]} and region.choices == {"rating": ["2"]}
+
+    square = np.zeros((20, 30), bool)
+    square[5:15, 10:20] = True
+    base = {"original_width": 30, "original_height": 20, "image_rotation": 0, "to_name": "image"}
+    results = [
+        {**base, "id": "a", "from_name": "class_mask", "type": "brushlabels",
+         "value": {"format": "rle", "rle": mask_to_rle(square), "brushlabels": ["cat"]}},
+        {**base, "id": "b", "from_name": "poly", "type": "polygonlabels",
+         "value": {"points": mask_to_polygons(square)[0], "polygonlabels": ["dog"]}},
+        {**base, "id": "zzz", "from_name": "caption", "type": "textarea", "value": {"text": ["orphan"]}},
+    ]
+    brush, polygon = annotation_regions({"annotation": {"result": results}})
+    np.testing.assert_array_equal(brush.mask, square)
+    np.testing.assert_array_equal(polygon.mask, square)
+    assert (brush.labels, polygon.labels, brush.texts) == (["cat"], ["dog"], {})
