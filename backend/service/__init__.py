@@ -7,7 +7,6 @@ Exports are resolved lazily so that light modules (e.g. ``backend.service.annota
 imported without Flask or label-studio-sdk.
 """
 
-
 from typing import Any
 
 __all__ = ["ServiceConfig", "SegmentationMLBackend", "create_app"]

@@ -189,7 +189,9 @@ class AnnotationStore:
         stored = write_file_once(path, data)
         return SaveOutcome("stored" if stored else "duplicate", annotation_id, path)
 
-    def delete(self, annotation_id: Any, *, project_id: int | None = None, event: str = "ANNOTATIONS_DELETED") -> SaveOutcome:
+    def delete(
+        self, annotation_id: Any, *, project_id: int | None = None, event: str = "ANNOTATIONS_DELETED"
+    ) -> SaveOutcome:
         """Record that an annotation was deleted (its versions stay on disk)."""
         annotation_id = _positive_int(annotation_id, "annotation id")
         directory = self._find_annotation_dir(annotation_id, project_id)

@@ -135,7 +135,9 @@ class SegmentationService:
             url = context.hostname.rstrip("/")
         if key is None and context is not None and context.access_token:
             key = context.access_token
-        return ImageSource(self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root)
+        return ImageSource(
+            self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root
+        )
 
     def fetcher_for(self, project: str | None) -> ImageFetcher:
         """An image fetcher for a project (its access token cached across requests)."""
@@ -219,7 +221,9 @@ def create_app(
     if config.load_models_on_start if load_models is None else load_models:
         runtime.start_loading()
     logger.info(
-        "service ready: preset=%s model_dir=%s label_studio=%s", config.model_preset, config.model_dir,
+        "service ready: preset=%s model_dir=%s label_studio=%s",
+        config.model_preset,
+        config.model_dir,
         config.label_studio_url or "(from /setup)",
     )
     return app
@@ -302,7 +306,9 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
             project,
             ProjectContext(
                 label_config=model.label_config,
-                hostname=hostname if isinstance(hostname, str) and hostname.startswith(("http://", "https://")) else None,
+                hostname=(
+                    hostname if isinstance(hostname, str) and hostname.startswith(("http://", "https://")) else None
+                ),
                 access_token=token if isinstance(token, str) and token else None,
             ),
         )

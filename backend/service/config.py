@@ -135,9 +135,7 @@ class ServiceConfig:
         if self.image_timeout_s <= 0:
             raise ValueError(f"IMAGE_DOWNLOAD_TIMEOUT must be > 0, got {self.image_timeout_s}")
         if self.failed_task_reply not in FAILED_TASK_REPLIES:
-            raise ValueError(
-                f"FAILED_TASK_REPLY must be one of {FAILED_TASK_REPLIES}, got {self.failed_task_reply!r}"
-            )
+            raise ValueError(f"FAILED_TASK_REPLY must be one of {FAILED_TASK_REPLIES}, got {self.failed_task_reply!r}")
         if self.training_hook is not None and ":" not in self.training_hook:
             raise ValueError(f"TRAINING_HOOK must look like 'package.module:function', got {self.training_hook!r}")
         if self.label_studio_url is not None:

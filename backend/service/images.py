@@ -252,9 +252,7 @@ class ImageFetcher:
             return None
         parsed = urllib.parse.urlsplit(reference)
         candidate: str | None = None
-        if parsed.path.startswith(LOCAL_FILES_PREFIX) and (
-            not parsed.netloc or self._is_label_studio_url(reference)
-        ):
+        if parsed.path.startswith(LOCAL_FILES_PREFIX) and (not parsed.netloc or self._is_label_studio_url(reference)):
             values = urllib.parse.parse_qs(parsed.query).get("d")
             candidate = values[0] if values else None
         elif parsed.scheme == "file":
@@ -278,7 +276,9 @@ class ImageFetcher:
     def _read_local(self, path: Path, reference: str) -> bytes:
         size = path.stat().st_size
         if size > self.limits.max_bytes:
-            raise ImageFetchError(f"{_short(reference)} is {size} bytes, more than IMAGE_MAX_BYTES={self.limits.max_bytes}")
+            raise ImageFetchError(
+                f"{_short(reference)} is {size} bytes, more than IMAGE_MAX_BYTES={self.limits.max_bytes}"
+            )
         return path.read_bytes()
 
     def _is_label_studio_url(self, url: str) -> bool:
@@ -319,9 +319,7 @@ class ImageFetcher:
                 raise ImageFetchError(str(error)) from None
         remaining = max(0.001, deadline - time.monotonic())
         try:
-            return self._session.get(
-                url, headers=headers, stream=True, timeout=(min(remaining, 10.0), remaining)
-            )
+            return self._session.get(url, headers=headers, stream=True, timeout=(min(remaining, 10.0), remaining))
         except requests.Timeout:
             raise ImageFetchError(
                 f"{_short(url)} did not answer within IMAGE_DOWNLOAD_TIMEOUT={self.limits.timeout_s} s"

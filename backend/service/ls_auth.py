@@ -125,7 +125,9 @@ class LabelStudioAuth:
         try:
             response = self._session.post(url, json={"refresh": self._api_key}, timeout=self._timeout_s)
         except requests.RequestException as error:
-            raise LabelStudioAuthError(f"could not reach {url} to exchange the personal access token: {error}") from None
+            raise LabelStudioAuthError(
+                f"could not reach {url} to exchange the personal access token: {error}"
+            ) from None
         if response.status_code in (401, 403):
             raise LabelStudioAuthError(
                 f"Label Studio rejected the personal access token at {url} (HTTP {response.status_code}): "

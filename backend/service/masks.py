@@ -62,9 +62,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float =
         points = simplified.reshape(-1, 2)
         if len(points) < 3:
             continue
-        polygon = [
-            [float((x + 0.5) / width * 100.0), float((y + 0.5) / height * 100.0)] for x, y in points.tolist()
-        ]
+        polygon = [[float((x + 0.5) / width * 100.0), float((y + 0.5) / height * 100.0)] for x, y in points.tolist()]
         components.append((pixel_count, polygon))
     components.sort(key=lambda item: -item[0])
     return [polygon for _, polygon in components]

@@ -99,7 +99,9 @@ def _plain_class_masks(output: Any) -> ClassMaskOutput:
     scores = getattr(output, "class_scores", None) or {}
     return ClassMaskOutput(
         label_map=None if label_map is None else np.asarray(label_map, dtype=np.int32),
-        class_masks={str(k): np.asarray(v, dtype=bool) for k, v in (getattr(output, "class_masks", None) or {}).items()},
+        class_masks={
+            str(k): np.asarray(v, dtype=bool) for k, v in (getattr(output, "class_masks", None) or {}).items()
+        },
         classes=[str(c) for c in getattr(output, "classes", None) or []],
         class_scores={str(k): float(v) for k, v in scores.items()},
     )
@@ -163,7 +165,10 @@ def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[Ser
         elif kind == "train":
             _, request_id, hook, request = message
             threading.Thread(
-                target=answer, args=(request_id, lambda: runtime.run_training(hook, request)), name="training", daemon=True
+                target=answer,
+                args=(request_id, lambda: runtime.run_training(hook, request)),
+                name="training",
+                daemon=True,
             ).start()
 
 
@@ -173,7 +178,9 @@ def _call(runtime: ModelRuntime, method: str, overrides: Mapping[str, Any], argu
     if method == "zero_guidance":
         return _plain_zero_guidance(runtime.zero_guidance(overrides).segment(arguments["image"]))
     if method == "fmbseg":
-        output = runtime.fmbseg(overrides).predict(arguments["image"], classes=arguments["classes"], **arguments["options"])
+        output = runtime.fmbseg(overrides).predict(
+            arguments["image"], classes=arguments["classes"], **arguments["options"]
+        )
         return _plain_class_masks(output)
     if method == "fmbseg_trained_classes":
         return trained_classes(runtime.fmbseg(overrides))
@@ -239,7 +246,9 @@ class ProcessModelRuntime:
         self._process, self._conn = process, parent_end
         self._status = "loading"
         self._ready.clear()
-        threading.Thread(target=self._read, args=(parent_end, process), name="model-process-reader", daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(parent_end, process), name="model-process-reader", daemon=True
+        ).start()
         logger.info("model process %s started (preset %r)", process.pid, self.config.model_preset)
 
     def _read(self, conn: Any, process: Any) -> None:

@@ -90,7 +90,11 @@ class DefaultMethodLibrary:
         settings = build_settings(
             ZeroGuideSettings, models.method_overrides("zeroguide"), overrides, "zero-guidance settings"
         )
-        if settings.captioner == "retrieval" and self.cache_dir is not None and "cache_dir" not in settings.captioner_options:
+        if (
+            settings.captioner == "retrieval"
+            and self.cache_dir is not None
+            and "cache_dir" not in settings.captioner_options
+        ):
             options = {**dict(settings.captioner_options), "cache_dir": str(self.cache_dir / "zeroguide-captioning")}
             settings = settings.replace(captioner_options=options)  # where it caches; not what it predicts
         return ZeroGuidanceSegmenter(models, settings)
@@ -330,4 +334,3 @@ class ModelRuntime:
 
     def stop(self) -> None:
         """Nothing to stop: the loader thread is a daemon."""
-

@@ -157,7 +157,12 @@ class SegmentationMLBackend(MLBackendBase):
             warnings.extend(f"task {task_id}: {problem}" for problem in tag_problems)
             logger.info(
                 "task %d/%d (id=%s): %d results, score %.3f, %.2f s",
-                index, len(tasks), task_id, len(prediction["result"]), prediction["score"], time.monotonic() - started,
+                index,
+                len(tasks),
+                task_id,
+                len(prediction["result"]),
+                prediction["score"],
+                time.monotonic() - started,
             )
         logger.info("predicted %d tasks in %.2f s (%d failed)", len(tasks), time.monotonic() - batch_started, failed)
         return ModelResponse(
@@ -226,7 +231,9 @@ class SegmentationMLBackend(MLBackendBase):
         """
         bad_ids = set()
         for index, result in enumerate(results):
-            errors = self.label_interface.validate_region(_sdk_checkable(result), return_errors=True, region_index=index)
+            errors = self.label_interface.validate_region(
+                _sdk_checkable(result), return_errors=True, region_index=index
+            )
             problem = rle_problem(result)
             if problem:
                 errors = [*errors, f"Region {index}: {problem}"]

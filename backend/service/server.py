@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args:
-        print(f"python -m backend takes no arguments (got {args}); configure it with environment variables", file=sys.stderr)
+        print(
+            f"python -m backend takes no arguments (got {args}); configure it with environment variables",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = ServiceConfig.from_env()

@@ -123,13 +123,17 @@ class WebhookProcessor:
             except ValueError as error:
                 raise PayloadError(f"{action}: {error}") from None
             self.metrics.increment("webhooks", "deleted" if outcome.stored else "duplicates")
-            outcomes.append({"annotation": outcome.annotation_id, "status": "deleted" if outcome.stored else "duplicate"})
+            outcomes.append(
+                {"annotation": outcome.annotation_id, "status": "deleted" if outcome.stored else "duplicate"}
+            )
         return {"status": "deleted", "annotations": outcomes}
 
     def _training(self, data: dict) -> dict[str, Any]:
         project_id, label_config = _project_of(data)
         self.training.note_requested()
-        self.jobs.submit(f"{TRAINING_EVENT} project {project_id}", self._fit, TRAINING_EVENT, data, label_config, project_id)
+        self.jobs.submit(
+            f"{TRAINING_EVENT} project {project_id}", self._fit, TRAINING_EVENT, data, label_config, project_id
+        )
         status = "training queued" if self.training.has_hook else "ignored: no training hook registered"
         return {"status": status}
 

@@ -88,7 +88,9 @@ class FakeFMbSeg:
 class FakeMethods:
     """A ``MethodLibrary`` without models; ``release`` gates loading (for /health-while-loading)."""
 
-    def __init__(self, block_loading: bool = False, fail_loading: bool = False, trained: list[str] | None = None) -> None:
+    def __init__(
+        self, block_loading: bool = False, fail_loading: bool = False, trained: list[str] | None = None
+    ) -> None:
         self.trained = trained
         self.release = threading.Event()
         if not block_loading:
@@ -138,7 +140,12 @@ def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def make_jwt(claims: dict) -> str:

@@ -65,19 +65,44 @@ def test_repository_label_config_parses_and_selects_both_methods(config):
     "tags, expected",
     [
         # one label + per-region TextArea: zero-guidance
-        (['<BrushLabels name="b" toName="image"><Label value="s"/></BrushLabels>',
-          '<TextArea name="t" toName="image" perRegion="true"/>'], "zero-guidance"),
+        (
+            [
+                '<BrushLabels name="b" toName="image"><Label value="s"/></BrushLabels>',
+                '<TextArea name="t" toName="image" perRegion="true"/>',
+            ],
+            "zero-guidance",
+        ),
         # no per-region TextArea: classes, even with one label
-        (['<BrushLabels name="b" toName="image"><Label value="s"/></BrushLabels>',
-          '<TextArea name="t" toName="image"/>'], "classes"),
+        (
+            [
+                '<BrushLabels name="b" toName="image"><Label value="s"/></BrushLabels>',
+                '<TextArea name="t" toName="image"/>',
+            ],
+            "classes",
+        ),
         # several labels: classes
-        (['<BrushLabels name="b" toName="image"><Label value="a"/><Label value="c"/></BrushLabels>',
-          '<TextArea name="t" toName="image" perRegion="true"/>'], "classes"),
+        (
+            [
+                '<BrushLabels name="b" toName="image"><Label value="a"/><Label value="c"/></BrushLabels>',
+                '<TextArea name="t" toName="image" perRegion="true"/>',
+            ],
+            "classes",
+        ),
         # the attribute wins
-        (['<BrushLabels name="b" toName="image" model_mode="zero-guidance"><Label value="a"/><Label value="c"/>'
-          "</BrushLabels>"], "zero-guidance"),
-        (['<BrushLabels name="b" toName="image" model_mode="classes"><Label value="s"/></BrushLabels>',
-          '<TextArea name="t" toName="image" perRegion="true"/>'], "classes"),
+        (
+            [
+                '<BrushLabels name="b" toName="image" model_mode="zero-guidance"><Label value="a"/><Label value="c"/>'
+                "</BrushLabels>"
+            ],
+            "zero-guidance",
+        ),
+        (
+            [
+                '<BrushLabels name="b" toName="image" model_mode="classes"><Label value="s"/></BrushLabels>',
+                '<TextArea name="t" toName="image" perRegion="true"/>',
+            ],
+            "classes",
+        ),
         (['<BrushLabels name="b" toName="image" model_mode="FMbSeg"><Label value="s"/></BrushLabels>'], "classes"),
     ],
 )
@@ -105,8 +130,12 @@ def test_polygon_tags_and_skips(config):
 
 
 def test_tag_options_override_environment_defaults(config):
-    env_defaults = config.replace(score_threshold=0.5, max_regions=7, fmbseg_refine=False,
-                                  zeroguide_settings={"n_clusters": 5, "merge_threshold": 0.7})
+    env_defaults = config.replace(
+        score_threshold=0.5,
+        max_regions=7,
+        fmbseg_refine=False,
+        zeroguide_settings={"n_clusters": 5, "merge_threshold": 0.7},
+    )
     xml = view(
         '<BrushLabels name="z" toName="image" model_mode="zero-guidance" model_score_threshold="0.25"'
         ' model_settings=\'{"n_clusters": 9}\'><Label value="s"/></BrushLabels>',
@@ -161,8 +190,10 @@ def test_zero_guidance_regions_link_text_by_id_and_carry_scores(config):
 
 
 def test_zero_guidance_threshold_and_max_regions(config):
-    xml = RECORDED_CONFIG.replace('<BrushLabels name="segment" toName="image">',
-                                  '<BrushLabels name="segment" toName="image" model_score_threshold="0.5">')
+    xml = RECORDED_CONFIG.replace(
+        '<BrushLabels name="segment" toName="image">',
+        '<BrushLabels name="segment" toName="image" model_score_threshold="0.5">',
+    )
     adapters, runtime = adapters_for(xml, config)
     assert len([r for r in adapters[0].predict_regions(loaded(), {}) if r["type"] == "brushlabels"]) == 1
     adapters, runtime = adapters_for(RECORDED_CONFIG, config.replace(max_regions=1))

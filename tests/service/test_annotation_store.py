@@ -106,8 +106,7 @@ def test_write_file_once_refuses_to_overwrite(tmp_path):
     assert not list(tmp_path.rglob("*.partial"))
 
 
-WRITER = textwrap.dedent(
-    """
+WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from backend.service.annotation_store import AnnotationStore
@@ -117,8 +116,7 @@ WRITER = textwrap.dedent(
     for i in range(1, 100_000):
         store.save({"id": i, "updated_at": f"t{i}", "result": [{"text": big}]}, event="ANNOTATION_CREATED", project_id=1)
         print(i, flush=True)
-    """
-)
+    """)
 
 
 def test_acknowledged_writes_survive_sigkill(tmp_path):

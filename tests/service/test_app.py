@@ -56,8 +56,14 @@ def test_health_shape(client):
         ("/predict", {"tasks": [{"id": 1, "data": {}}]}, "'label_config' is missing"),
         ("/predict", predict_body("x", label_config="<View><Image"), "cannot be parsed"),
         ("/setup", {"project": "1.2"}, "label config is missing"),
-        ("/setup", {"schema": "<View><Image name='i' value='$i'/><Choices name='c' toName='i'>"
-                              "<Choice value='a'/></Choices></View>"}, "no control this backend can predict"),
+        (
+            "/setup",
+            {
+                "schema": "<View><Image name='i' value='$i'/><Choices name='c' toName='i'>"
+                "<Choice value='a'/></Choices></View>"
+            },
+            "no control this backend can predict",
+        ),
         ("/webhook", {"no_action": 1}, "no 'action'"),
         ("/webhook", {"action": "ANNOTATION_CREATED", "annotation": {"result": []}}, "needs an 'id'"),
         ("/webhook", {"action": "ANNOTATION_CREATED", "annotation": {"id": "x1"}}, "must be an integer"),
@@ -198,8 +204,10 @@ def test_model_version_names_preset_settings_and_checkpoint(config, fake_methods
     base = version()
     assert base.startswith("tiny-zg.") and base.endswith(".base") and "-fmbseg." in base
     assert version() == base  # stable
-    tuned = CONFIG_XML.replace('<BrushLabels name="segment" toName="image">',
-                               '<BrushLabels name="segment" toName="image" model_settings=\'{"n_clusters": 8}\'>')
+    tuned = CONFIG_XML.replace(
+        '<BrushLabels name="segment" toName="image">',
+        '<BrushLabels name="segment" toName="image" model_settings=\'{"n_clusters": 8}\'>',
+    )
     zg_changed = version(tuned)
     assert zg_changed != base and zg_changed.split("-fmbseg.")[1] == base.split("-fmbseg.")[1]
     checkpoints = config.model_dir / "checkpoints" / "fmbseg"
@@ -207,8 +215,10 @@ def test_model_version_names_preset_settings_and_checkpoint(config, fake_methods
     (checkpoints / "alignment-step100.safetensors").write_bytes(b"weights v1")
     with_checkpoint = version()
     assert with_checkpoint.split(".")[-1].startswith("alignment-step100-") and with_checkpoint != base
-    only_zero_guidance = CONFIG_XML.replace('<BrushLabels name="class_mask" toName="image">',
-                                            '<BrushLabels name="class_mask" toName="image" model_skip="true">')
+    only_zero_guidance = CONFIG_XML.replace(
+        '<BrushLabels name="class_mask" toName="image">',
+        '<BrushLabels name="class_mask" toName="image" model_skip="true">',
+    )
     assert "fmbseg" not in version(only_zero_guidance)
 
 
@@ -240,7 +250,8 @@ def test_a_failing_tag_keeps_the_other_tags_results(config, fake_ls):
         "task 1: <BrushLabels name=\"class_mask\"> failed: ImportError: cannot import name 'FMbSegPredictor'"
     ]
     assert client.get("/metrics").json["predict"]["tasks_failed"] == 0
-    only_classes = CONFIG_XML.replace('<BrushLabels name="segment" toName="image">',
-                                      '<BrushLabels name="segment" toName="image" model_skip="true">')
+    only_classes = CONFIG_XML.replace(
+        '<BrushLabels name="segment" toName="image">', '<BrushLabels name="segment" toName="image" model_skip="true">'
+    )
     reply = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png", label_config=only_classes)).json
     assert reply["results"][0]["result"] == [] and "ImportError" in reply["warnings"][0]

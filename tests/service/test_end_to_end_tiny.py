@@ -87,7 +87,9 @@ def test_zero_guidance_segments_with_text_on_tiny(tiny_client):
     assert tiny_client.get("/health").json["models"] == "ready"
 
 
-@pytest.mark.skipif(not has_module("backend.fmbseg.pipeline"), reason="backend.fmbseg's FMbSegPredictor not in this checkout yet")
+@pytest.mark.skipif(
+    not has_module("backend.fmbseg.pipeline"), reason="backend.fmbseg's FMbSegPredictor not in this checkout yet"
+)
 def test_full_label_config_on_tiny(tiny_client):
     reply = predict(tiny_client, LABEL_CONFIG, png_bytes(scene()))
     (prediction,) = reply["results"]

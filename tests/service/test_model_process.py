@@ -20,7 +20,7 @@ CONFIG_XML = load_recorded("setup.json")["body"]["schema"]
 def with_zero_guidance_settings(settings_json: str) -> str:
     return CONFIG_XML.replace(
         '<BrushLabels name="segment" toName="image">',
-        f"<BrushLabels name=\"segment\" toName=\"image\" model_settings='{settings_json}'>",
+        f'<BrushLabels name="segment" toName="image" model_settings=\'{settings_json}\'>',
     )
 
 

@@ -142,7 +142,9 @@ def test_synthetic_annotations_deleted(served):
 LS_PYTHON = Path(os.environ.get("LS_VENV") or Path(__file__).resolve().parents[2] / ".ls-venv") / "bin" / "python"
 
 
-@pytest.mark.skipif(not LS_PYTHON.exists(), reason="Label Studio's venv (.ls-venv, scripts/install-label-studio.sh) absent")
+@pytest.mark.skipif(
+    not LS_PYTHON.exists(), reason="Label Studio's venv (.ls-venv, scripts/install-label-studio.sh) absent"
+)
 def test_predictions_pass_label_studio_1_23s_own_validator(served, tmp_path):
     """Label Studio 1.23.2 validates predictions with its bundled label-studio-sdk (2.1.2) and
     rejects the whole batch if one is invalid: run that validator on a real reply."""

@@ -23,7 +23,12 @@ def free_port() -> int:
 
 def test_config_from_env_defaults_and_errors(tmp_path):
     config = ServiceConfig.from_env({})
-    assert (config.host, config.port, config.model_preset, config.failed_task_reply) == ("0.0.0.0", 9090, "cpu", "empty")
+    assert (config.host, config.port, config.model_preset, config.failed_task_reply) == (
+        "0.0.0.0",
+        9090,
+        "cpu",
+        "empty",
+    )
     config = ServiceConfig.from_env(
         {
             "PORT": "9191",
@@ -69,7 +74,12 @@ def test_python_m_backend_serves_and_stops_on_sigterm(tmp_path):
         "PYTHONPATH": str(REPO),
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "backend"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "backend"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
@@ -96,5 +106,7 @@ def test_python_m_backend_serves_and_stops_on_sigterm(tmp_path):
 
 def test_python_m_backend_rejects_bad_configuration():
     env = {**os.environ, "PORT": "not-a-port", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "backend"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "backend"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "PORT must be an integer" in result.stderr

@@ -94,7 +94,9 @@ def test_start_training_calls_the_registered_hook_in_the_background(config, fake
     assert fake_ls.state.pat not in repr(request.images)
     training = client.get("/metrics").json["training"]
     assert training["state"] == "succeeded" and training["runs"] == 1 and training["requested"] == 1
-    assert training["last_result"]["steps"] == 3 and training["last_result"]["checkpoint"].endswith("alignment-1.safetensors")
+    assert training["last_result"]["steps"] == 3 and training["last_result"]["checkpoint"].endswith(
+        "alignment-1.safetensors"
+    )
     assert training["hook_registered"] is True
 
 
@@ -150,10 +152,20 @@ def test_annotation_regions_joins_masks_texts_and_ratings_by_region_id(tmp_path)
     square[5:15, 10:20] = True
     base = {"original_width": 30, "original_height": 20, "image_rotation": 0, "to_name": "image"}
     results = [
-        {**base, "id": "a", "from_name": "class_mask", "type": "brushlabels",
-         "value": {"format": "rle", "rle": mask_to_rle(square), "brushlabels": ["cat"]}},
-        {**base, "id": "b", "from_name": "poly", "type": "polygonlabels",
-         "value": {"points": mask_to_polygons(square)[0], "polygonlabels": ["dog"]}},
+        {
+            **base,
+            "id": "a",
+            "from_name": "class_mask",
+            "type": "brushlabels",
+            "value": {"format": "rle", "rle": mask_to_rle(square), "brushlabels": ["cat"]},
+        },
+        {
+            **base,
+            "id": "b",
+            "from_name": "poly",
+            "type": "polygonlabels",
+            "value": {"points": mask_to_polygons(square)[0], "polygonlabels": ["dog"]},
+        },
         {**base, "id": "zzz", "from_name": "caption", "type": "textarea", "value": {"text": ["orphan"]}},
     ]
     brush, polygon = annotation_regions({"annotation": {"result": results}})

@@ -50,7 +50,7 @@ def no_adapter_message() -> str:
     tags = sorted({cls.tag for cls in AVAILABLE_ADAPTERS})
     return (
         f"the label config has no control this backend can predict: add one of {tags} "
-        f"pointing at an <Image> (and without model_skip=\"true\"), for example:\n{EXAMPLE_CONFIG}"
+        f'pointing at an <Image> (and without model_skip="true"), for example:\n{EXAMPLE_CONFIG}'
     )
 
 

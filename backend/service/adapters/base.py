@@ -195,10 +195,16 @@ class ControlAdapter(ABC):
 
     @classmethod
     def is_control_matched(cls, control: Any, interface: Any) -> bool:
-        return control.tag == cls.tag and image_object(control) is not None and control_mode(control, interface) == cls.mode
+        return (
+            control.tag == cls.tag
+            and image_object(control) is not None
+            and control_mode(control, interface) == cls.mode
+        )
 
     @classmethod
-    def create(cls, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime) -> "ControlAdapter | None":
+    def create(
+        cls, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime
+    ) -> "ControlAdapter | None":
         if TagOptions(control, config).flag("model_skip", False):
             logger.info('skipping <%s name="%s">: model_skip="true"', control.tag, control.name)
             return None
@@ -210,7 +216,12 @@ class ControlAdapter(ABC):
 
     def version_inputs(self) -> dict[str, Any]:
         """Everything about this tag that changes predictions (hashed into ``model_version``)."""
-        return {"tag": self.tag, "name": self.from_name, "score_threshold": self.score_threshold, "min_area": self.min_area}
+        return {
+            "tag": self.tag,
+            "name": self.from_name,
+            "score_threshold": self.score_threshold,
+            "min_area": self.min_area,
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(from_name={self.from_name!r}, to_name={self.to_name!r})"

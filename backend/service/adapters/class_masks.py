@@ -86,7 +86,13 @@ class _ClassMaskAdapter(ControlAdapter):
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
         predictor = self.runtime.fmbseg(self.settings_overrides)
         classes, options = self._vocabulary(predictor)
-        key = ("fmbseg", image.source, tuple(classes), repr(sorted(options.items())), settings_key(self.settings_overrides))
+        key = (
+            "fmbseg",
+            image.source,
+            tuple(classes),
+            repr(sorted(options.items())),
+            settings_key(self.settings_overrides),
+        )
         if key not in cache:
             with self.runtime.inference_lock:
                 cache[key] = predictor.predict(image.pixels, classes=classes, **options)

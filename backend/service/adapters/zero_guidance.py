@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..images import LoadedImage
+from ..runtime import settings_key
 from .base import (
     ZERO_GUIDANCE,
     BrushShape,
@@ -75,7 +76,7 @@ class _ZeroGuidanceAdapter(ControlAdapter):
         }
 
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
-        key = ("zero-guidance", image.source, repr(sorted(self.settings_overrides.items())))
+        key = ("zero-guidance", image.source, settings_key(self.settings_overrides))
         if key not in cache:
             segmenter = self.runtime.zero_guidance(self.settings_overrides)
             with self.runtime.inference_lock:
