@@ -35,13 +35,23 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 
-def timed(function, repeats: int = 1) -> tuple[float, object]:
-    """Median wall time of ``repeats`` calls, and the last result."""
-    times, result = [], None
+CPU_TIMES: dict[str, float] = {}  # label -> median process CPU seconds of the timed call
+
+
+def timed(function, repeats: int = 1, label: str | None = None) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls, and the last result.
+
+    The median process CPU time is kept in ``CPU_TIMES[label]``: on a shared, loaded machine it
+    tracks the work done better than wall time (with one thread it is the idle-machine wall time).
+    """
+    times, cpu_times, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = function()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    if label is not None:
+        CPU_TIMES[label] = round(statistics.median(cpu_times), 4)
     return statistics.median(times), result
 
 
@@ -58,14 +68,14 @@ def bench_retrieval(clip, segments: int) -> dict:
     with tempfile.TemporaryDirectory() as cache_dir:
         settings = RetrievalSettings(cache_dir=cache_dir)
         cold = RetrievalCaptioner(clip, settings)
-        embed_seconds, _ = timed(lambda: cold.vocabulary_embeddings)
+        embed_seconds, _ = timed(lambda: cold.vocabulary_embeddings, label="vocabulary_embedding_cold")
         cache_bytes = cold.cache_path().stat().st_size
         warm = RetrievalCaptioner(clip, settings)
         load_seconds, _ = timed(lambda: warm.vocabulary_embeddings)
     dim = warm.vocabulary_embeddings.shape[1]
     targets = F.normalize(torch.randn(segments, dim, generator=torch.Generator().manual_seed(0)), dim=-1)
-    batch_seconds, _ = timed(lambda: warm.caption(targets), repeats=5)
-    single_seconds, _ = timed(lambda: warm.caption(targets[:1]), repeats=5)
+    batch_seconds, _ = timed(lambda: warm.caption(targets), repeats=5, label="caption_batch")
+    single_seconds, _ = timed(lambda: warm.caption(targets[:1]), repeats=5, label="caption_single")
     return {
         "clip": "open_clip ViT-B-16, random weights",
         "vocabulary_phrases": len(warm.vocabulary),
@@ -113,9 +123,9 @@ def bench_zerocap(clip) -> dict:
     length = min(len(g) for g in generated)
     beam_context = torch.tensor([prompt + g[:length] for g in generated])
 
-    first_seconds, first_trace = timed(lambda: captioner.next_token_distribution(0, first_context, target))
-    step_seconds, step_trace = timed(lambda: captioner.next_token_distribution(1, beam_context, target))
-    plain_step_seconds, _ = timed(lambda: plain.next_token_distribution(1, beam_context, target))
+    first_seconds, first_trace = timed(lambda: captioner.next_token_distribution(0, first_context, target), label="first_step")
+    step_seconds, step_trace = timed(lambda: captioner.next_token_distribution(1, beam_context, target), label="step_prefix_cache")
+    plain_step_seconds, _ = timed(lambda: plain.next_token_distribution(1, beam_context, target), label="step_plain")
 
     # Parts of one iteration with 5 beams: GPT-2 forward + backward on the shifted cache ...
     with torch.no_grad():
@@ -127,7 +137,7 @@ def bench_zerocap(clip) -> dict:
         logits = gpt2(beam_context[:, -1:], past_key_values=DynamicCache([(k + a, v + b) for (k, v), (a, b) in zip(past, shifts)])).logits
         torch.autograd.grad(logits[:, -1].log_softmax(-1)[:, 0].sum(), [t for pair in shifts for t in pair])
 
-    gpt2_seconds, _ = timed(gpt2_iteration, repeats=3)
+    gpt2_seconds, _ = timed(gpt2_iteration, repeats=3, label="gpt2_forward_backward")
     # ... and CLIP on the 5 x 512 candidate texts, with and without the prefix cache.
     with torch.no_grad():
         probs = F.softmax(gpt2(beam_context).logits[:, -1], dim=-1)
@@ -136,15 +146,17 @@ def bench_zerocap(clip) -> dict:
     texts = [prefixes[r] + captioner.token_texts[t] for r, row in enumerate(top) for t in row]
     rows = [r for r, row in enumerate(top) for _ in row]
     encoder = captioner.text_encoder
-    states_seconds, states = timed(lambda: [encoder.prefix_state(p) for p in prefixes])
-    cached_clip_seconds, cached = timed(lambda: encoder.encode_continuations(states, rows, texts, settings.clip_batch_size))
-    plain_clip_seconds, plain_embeddings = timed(lambda: encoder.encode(texts, batch_size=settings.clip_batch_size))
+    states_seconds, states = timed(lambda: [encoder.prefix_state(p) for p in prefixes], label="clip_prefix_states")
+    cached_clip_seconds, cached = timed(lambda: encoder.encode_continuations(states, rows, texts, settings.clip_batch_size), label="clip_candidates_prefix_cache")
+    plain_clip_seconds, plain_embeddings = timed(lambda: encoder.encode(texts, batch_size=settings.clip_batch_size), label="clip_candidates_plain")
     tokenize_seconds, tokens = timed(lambda: encoder.tokenize(texts))
     max_difference = float((cached - plain_embeddings).abs().max())
 
     steps = settings.max_tokens
     caption_estimate = first_seconds + (steps - 1) * step_seconds
     plain_estimate = first_seconds + (steps - 1) * plain_step_seconds
+    cpu_estimate = CPU_TIMES["first_step"] + (steps - 1) * CPU_TIMES["step_prefix_cache"]
+    cpu_plain_estimate = CPU_TIMES["first_step"] + (steps - 1) * CPU_TIMES["step_plain"]
     return {
         "language_model": "GPT-2 124M (GPT2Config()), random weights",
         "clip_text_tower": "open_clip ViT-B-16, random weights",
@@ -172,6 +184,8 @@ def bench_zerocap(clip) -> dict:
         },
         "caption_estimate_15_tokens_s": round(caption_estimate, 1),
         "caption_estimate_15_tokens_plain_s": round(plain_estimate, 1),
+        "caption_estimate_15_tokens_cpu_s": round(cpu_estimate, 1),
+        "caption_estimate_15_tokens_plain_cpu_s": round(cpu_plain_estimate, 1),
         "estimate_note": "first step (1 context) + 14 steps of 5 beams; captions that stop at '.' are shorter",
     }
 
@@ -180,8 +194,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segments", type=int, default=20)
     parser.add_argument("--skip-zerocap", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "captioning.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     load_before = os.getloadavg()
     clip = clip_b16()
@@ -193,13 +210,15 @@ def main() -> None:
             "torch": torch.__version__,
             "load_average_1_5_15_before": [round(x, 2) for x in load_before],
         },
-        "note": "random weights everywhere (same cost as real ones); wall-clock seconds",
+        "note": "random weights everywhere (same cost as real ones); *_s: wall-clock seconds; "
+        "process_cpu_s: process CPU seconds of the same calls (robust to other load on a shared machine)",
         "retrieval": bench_retrieval(clip, args.segments),
     }
     print(json.dumps(results["retrieval"], indent=2))
     if not args.skip_zerocap:
         results["zerocap"] = bench_zerocap(clip)
         print(json.dumps(results["zerocap"], indent=2))
+    results["process_cpu_s"] = dict(CPU_TIMES)
     results["machine"]["load_average_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

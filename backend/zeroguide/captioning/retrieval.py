@@ -3,8 +3,9 @@
 Every phrase of the vocabulary (``vocabulary.txt``: about 2,800 object, stuff, part and scene
 phrases from public segmentation and detection class lists plus composed attribute phrases such
 as "sandy beach" and "crowd observing") is put in each prompt template ("a photo of a {}."),
-embedded once by CLIP's text tower in batches, averaged over templates and renormalised (CLIP's
-prompt ensembling). A segment is then named by one matrix product: the phrase whose embedding
+embedded once by CLIP's text tower in batches (the template's words before the phrase through the
+exact prefix cache of ``clip_text.py``), averaged over templates and renormalised (CLIP's prompt
+ensembling). A segment is then named by one matrix product: the phrase whose embedding
 has the largest cosine similarity with the segment embedding.
 
 The vocabulary embeddings are cached on disk per model when a cache folder is given: the file name
@@ -142,10 +143,20 @@ class RetrievalCaptioner(Captioner):
 
     # ------------------------------------------------------------------------------------------
     def embed_phrases(self, phrases: tuple[str, ...]) -> Tensor:
-        """``(n, D)`` unit-norm embeddings: the mean over prompt templates of CLIP text embeddings, renormalised."""
+        """``(n, D)`` unit-norm embeddings: the mean over prompt templates of CLIP text embeddings, renormalised.
+
+        The template's text before the phrase ("a photo of a") is encoded once and shared through
+        the exact prefix key/value cache of :class:`ClipTextEncoder`.
+        """
         total = None
         for template in self.settings.prompt_templates:
-            embedded = self._encoder.encode([template.format(phrase) for phrase in phrases], self.settings.batch_size)
+            texts = [template.format(phrase) for phrase in phrases]
+            prefix = template[: template.index("{}")].rstrip()
+            if prefix and self._encoder.supports_prefix_cache:
+                state = self._encoder.prefix_state(prefix)
+                embedded = self._encoder.encode_continuations([state], [0] * len(texts), texts, self.settings.batch_size)
+            else:
+                embedded = self._encoder.encode(texts, self.settings.batch_size)
             total = embedded if total is None else total + embedded
         return torch.nn.functional.normalize(total, dim=-1)
 
