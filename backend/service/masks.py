@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+
+def _brush_codec():
+    """label-studio-sdk's brush codec, imported on first use: importing it imports the whole SDK
+    (seconds), which the model process only needs if a training hook decodes annotations."""
+    from label_studio_sdk.converter import brush
+
+    return brush
 
 
 def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
@@ -30,12 +37,12 @@ def _as_bool_mask(mask: np.ndarray) -> np.ndarray:
 def mask_to_rle(mask: np.ndarray) -> list[int]:
     """A ``(H, W)`` boolean mask -> Label Studio brush RLE (foreground alpha 255)."""
     mask = _as_bool_mask(mask)
-    return mask2rle(mask.astype(np.uint8) * 255)
+    return _brush_codec().mask2rle(mask.astype(np.uint8) * 255)
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
     """Label Studio brush RLE -> ``(height, width)`` boolean mask (alpha > 0)."""
-    decoded = decode_rle(rle)
+    decoded = _brush_codec().decode_rle(rle)
     if decoded.size != height * width * 4:
         raise ValueError(f"RLE holds {decoded.size // 4} pixels, expected {height}x{width}")
     return decoded.reshape(height, width, 4)[:, :, 3] > 0

@@ -8,10 +8,11 @@ import time
 import pytest
 
 from backend.service.app import create_app
+from backend.service.config import ServiceConfig
 from backend.service.masks import rle_to_mask
 from backend.service.model_process import ProcessModelRuntime
 
-from .conftest import load_recorded, png_bytes, sample_image
+from .conftest import FakeLabelStudio, load_recorded, png_bytes, sample_image
 from .process_fakes import quick_library
 
 CONFIG_XML = load_recorded("setup.json")["body"]["schema"]
@@ -24,8 +25,33 @@ def with_zero_guidance_settings(settings_json: str) -> str:
     )
 
 
+@pytest.fixture(scope="module")
+def shared_process_app(tmp_path_factory):
+    """One model process for the tests that leave it healthy (spawning one costs seconds)."""
+    server = FakeLabelStudio()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.state.public["/ok.png"] = png_bytes(sample_image(32, 24))
+    state = tmp_path_factory.mktemp("model_dir")
+    config = ServiceConfig(model_dir=state, model_load_wait_s=60, image_timeout_s=5)
+    runtime = ProcessModelRuntime(config, quick_library)
+    app = create_app(config, runtime=runtime)
+    runtime.wait_until_ready(120)
+    yield app.test_client(), runtime, server.url + "/ok.png", state
+    runtime.stop()
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.fixture
-def process_app(config, fake_ls):
+def process_app(shared_process_app):
+    for marker in ("started", "done", "trained-by"):
+        (shared_process_app[3] / marker).unlink(missing_ok=True)
+    return shared_process_app
+
+
+@pytest.fixture
+def own_process_app(config, fake_ls):
+    """A model process of its own (for the test that kills it)."""
     fake_ls.state.public["/ok.png"] = png_bytes(sample_image(32, 24))
     config.model_dir.mkdir(parents=True, exist_ok=True)
     runtime = ProcessModelRuntime(config, quick_library)
@@ -84,8 +110,8 @@ def test_method_errors_fail_the_task_only(process_app):
     assert {r["from_name"] for r in reply["results"][0]["result"]} == {"class_mask"}
 
 
-def test_a_crashed_child_is_reported_and_restarted(process_app):
-    client, runtime, image, _ = process_app
+def test_a_crashed_child_is_reported_and_restarted(own_process_app):
+    client, runtime, image, _ = own_process_app
     response = predict(client, image, with_zero_guidance_settings('{"crash": true}'))
     assert response.status_code == 503 and "exited while working" in response.json["error"]
     assert client.get("/health").json["models"] == "error: the model process exited (exit code 3)"
