@@ -24,6 +24,15 @@ def _text(environ: Mapping[str, str], name: str, default: str | None = None) -> 
     return value.strip()
 
 
+DEFAULT_TRAINING_HOOK = "backend.service.retraining:retrain_fmbseg"
+
+
+def _training_hook(environ: Mapping[str, str]) -> str | None:
+    """``TRAINING_HOOK``: unset -> retrain FMbSeg on human corrections; ``none`` -> no training."""
+    value = _text(environ, "TRAINING_HOOK", DEFAULT_TRAINING_HOOK)
+    return None if value.lower() in ("none", "off", "false") else value
+
+
 def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = _text(environ, name)
     if raw is None:
@@ -101,7 +110,7 @@ class ServiceConfig:
     fmbseg_checkpoint: Path | None = None  # FMBSEG_CHECKPOINT; default: newest in MODEL_DIR
     zeroguide_settings: Mapping[str, Any] = field(default_factory=dict)  # ZEROGUIDE_SETTINGS
     fmbseg_settings: Mapping[str, Any] = field(default_factory=dict)  # FMBSEG_SETTINGS
-    training_hook: str | None = None  # TRAINING_HOOK: "package.module:function"
+    training_hook: str | None = None  # TRAINING_HOOK: "package.module:function"; from_env: retraining, "none": off
 
     # --- per-tag defaults (tag attributes override them) --------------------------------
     score_threshold: float = 0.0  # MODEL_SCORE_THRESHOLD
@@ -170,7 +179,7 @@ class ServiceConfig:
             fmbseg_checkpoint=Path(checkpoint) if checkpoint else None,
             zeroguide_settings=parse_settings_json(_text(env, "ZEROGUIDE_SETTINGS"), "ZEROGUIDE_SETTINGS"),
             fmbseg_settings=parse_settings_json(_text(env, "FMBSEG_SETTINGS"), "FMBSEG_SETTINGS"),
-            training_hook=_text(env, "TRAINING_HOOK"),
+            training_hook=_training_hook(env),
             score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.0),
             max_regions=_int(env, "MODEL_MAX_REGIONS", 50, minimum=1),
             min_region_area=_int(env, "MODEL_MIN_AREA", 0),

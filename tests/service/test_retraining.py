@@ -1,0 +1,130 @@
+"""Retraining FMbSeg's alignment module on human corrections (the default training hook)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.fmbseg.training import TrainingSettings, load_alignment_checkpoint
+from backend.service.images import ImageLimits, ImageSource
+from backend.service.masks import mask_to_rle
+from backend.service.retraining import class_vocabulary, retrain_fmbseg
+from backend.service.training import TrainingRequest
+
+LABEL_CONFIG = Path(__file__).resolve().parents[2].joinpath("label_config.xml").read_text()
+CONFIG = """
+<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="classes" toName="image" model_mode="classes">
+    <Label value="Cat" model_prompt="cat"/>
+    <Label value="Sky"/>
+  </BrushLabels>
+</View>
+"""
+
+
+def brush(region_id, mask, label, from_name="classes"):
+    height, width = mask.shape
+    return {
+        "id": region_id, "from_name": from_name, "to_name": "image", "type": "brushlabels",
+        "original_width": width, "original_height": height, "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+    }
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """Two annotated images under a local-files root, as Label Studio would reference them."""
+    root = tmp_path / "files"
+    root.mkdir()
+    records = []
+    for index in range(2):
+        rng = np.random.RandomState(index)
+        pixels = (rng.rand(48, 64, 3) * 80).astype(np.uint8)
+        pixels[:24] += 150
+        Image.fromarray(pixels).save(root / f"im{index}.png")
+        sky = np.zeros((48, 64), bool)
+        sky[:24] = True
+        results = [brush("a", ~sky, "Cat"), brush("b", sky, "Sky")]
+        if index == 1:
+            results.append(brush("c", sky, "Unknown label"))  # not in the config: ignored
+        records.append({
+            "annotation": {"id": 10 + index, "result": results},
+            "task": {"id": index + 1, "data": {"image": f"/data/local-files/?d=im{index}.png"}},
+            "project_id": 7,
+        })
+    return root, records
+
+
+def request_for(tmp_path, root, records, config=CONFIG):
+    return TrainingRequest(
+        project_id=7, label_config=config, annotations=records, model_dir=tmp_path / "model_dir",
+        checkpoint_dir=tmp_path / "model_dir" / "checkpoints" / "fmbseg", preset="tiny", event={},
+        images=ImageSource(ImageLimits(), local_files_root=root),
+    )
+
+
+def test_vocabulary_uses_the_label_prompts():
+    vocabulary = class_vocabulary(CONFIG)
+    assert vocabulary.controls == {"classes": "image"}
+    assert vocabulary.label_to_prompt == {"Cat": "cat", "Sky": "Sky"}
+    assert class_vocabulary(LABEL_CONFIG).classes  # the shipped config has a class-mask control
+    with pytest.raises(ValueError, match="no class-mask control"):
+        class_vocabulary('<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>')
+
+
+def test_retraining_writes_a_served_checkpoint(tmp_path, project):
+    root, records = project
+    request = request_for(tmp_path, root, records)
+    summary = retrain_fmbseg(request, training_settings=TrainingSettings(epochs=2))
+    assert summary["images"] == 2 and summary["regions"] == 4 and summary["classes"] == ["cat", "Sky"]
+    checkpoint_path = Path(summary["checkpoint"])
+    assert checkpoint_path.parent == request.checkpoint_dir and checkpoint_path.exists()
+    assert not list((request.model_dir / "training").glob("*.safetensors")), "the work file was moved, not copied"
+    checkpoint = load_alignment_checkpoint(checkpoint_path)
+    assert list(checkpoint.classes) == ["cat", "Sky"] and checkpoint.epochs_completed == 2
+    assert len(summary["loss_per_epoch"]) == 2
+
+
+def test_a_crash_during_training_keeps_the_previous_checkpoint(tmp_path, project, monkeypatch):
+    root, records = project
+    request = request_for(tmp_path, root, records)
+    first = Path(retrain_fmbseg(request, training_settings=TrainingSettings(epochs=1))["checkpoint"])
+
+    import backend.fmbseg.pipeline as pipeline
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(pipeline, "train_alignment_module", crash)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        retrain_fmbseg(request, training_settings=TrainingSettings(epochs=1))
+    assert sorted(request.checkpoint_dir.iterdir()) == [first]
+
+
+def test_unreachable_images_are_skipped_and_reported(tmp_path, project):
+    root, records = project
+    records[0]["task"]["data"]["image"] = "/data/local-files/?d=missing.png"
+    summary = retrain_fmbseg(request_for(tmp_path, root, records), training_settings=TrainingSettings(epochs=1))
+    assert summary["images"] == 1 and len(summary["skipped_tasks"]) == 1
+    for record in records:
+        record["task"]["data"]["image"] = "/data/local-files/?d=missing.png"
+    with pytest.raises(ValueError, match="no human class masks"):
+        retrain_fmbseg(request_for(tmp_path, root, records), training_settings=TrainingSettings(epochs=1))
+
+
+def test_no_label_config_or_images_is_a_clear_error(tmp_path, project):
+    root, records = project
+    request = request_for(tmp_path, root, records)
+    with pytest.raises(ValueError, match="without a label config"):
+        retrain_fmbseg(TrainingRequest(**{**request.__dict__, "label_config": None}))
+    with pytest.raises(ValueError, match="LABEL_STUDIO_URL"):
+        retrain_fmbseg(TrainingRequest(**{**request.__dict__, "images": None}))
+
+
+def test_from_env_registers_retraining_by_default():
+    from backend.service.config import ServiceConfig
+
+    assert ServiceConfig.from_env({}).training_hook == "backend.service.retraining:retrain_fmbseg"
+    assert ServiceConfig.from_env({"TRAINING_HOOK": "none"}).training_hook is None
