@@ -54,9 +54,7 @@ class AlignmentModuleConfig:
         if self.num_heads is not None and (
             not isinstance(self.num_heads, int) or self.num_heads <= 0 or self.in_dim % self.num_heads
         ):
-            raise ValueError(
-                f"num_heads must be a positive int dividing in_dim={self.in_dim}, got {self.num_heads!r}."
-            )
+            raise ValueError(f"num_heads must be a positive int dividing in_dim={self.in_dim}, got {self.num_heads!r}.")
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}.")
 
@@ -159,9 +157,7 @@ def build_alignment_module(
 
     seed: if given, the weights are drawn from this seed without touching the global RNG.
     """
-    config = AlignmentModuleConfig(
-        kind=kind, in_dim=in_dim, out_dim=out_dim, num_heads=num_heads, mlp_ratio=mlp_ratio
-    )
+    config = AlignmentModuleConfig(kind=kind, in_dim=in_dim, out_dim=out_dim, num_heads=num_heads, mlp_ratio=mlp_ratio)
     return build_from_config(config, seed=seed)
 
 

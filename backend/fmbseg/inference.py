@@ -108,8 +108,8 @@ def base_label_map(
     labels = torch.empty((height, width), dtype=torch.long, device=scores.device)
     rows = max(1, chunk_elements // (width * num_classes))
     for start in range(0, height, rows):
-        band = (along_y[start:start + rows] @ along_x).reshape(-1, width, num_classes)
-        labels[start:start + rows] = band.argmax(dim=-1)
+        band = (along_y[start : start + rows] @ along_x).reshape(-1, width, num_classes)
+        labels[start : start + rows] = band.argmax(dim=-1)
     return labels.cpu().numpy()
 
 
@@ -131,9 +131,7 @@ def _as_mask_stack(masks: np.ndarray | torch.Tensor, image_shape: tuple[int, ...
     return stack.astype(bool, copy=False)
 
 
-def label_masks_by_majority(
-    label_map: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor
-) -> np.ndarray:
+def label_masks_by_majority(label_map: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> np.ndarray:
     """Each mask's majority label (section 3.3: "majority vote of the classified patches within
     each mask"), counted over the base prediction's pixels.
 
@@ -173,9 +171,7 @@ def overlay_mask_labels(
     return result
 
 
-def refined_label_map(
-    base_labels: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor
-) -> np.ndarray:
+def refined_label_map(base_labels: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor) -> np.ndarray:
     """FMbSeg-Stage 2 (refined): SAM's automatic masks (M, H, W) bool, labelled by majority vote
     of ``base_labels`` (H, W), overlaid on it. Returns (H, W) int64."""
     return overlay_mask_labels(base_labels, masks, label_masks_by_majority(base_labels, masks))

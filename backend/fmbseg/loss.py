@@ -86,9 +86,7 @@ def _prepare(
             f"got shape {tuple(text_embeddings.shape)}."
         )
     if labels.shape != patch_embeddings.shape[:1]:
-        raise ValueError(
-            f"labels must be (P,) = ({patch_embeddings.shape[0]},), got shape {tuple(labels.shape)}."
-        )
+        raise ValueError(f"labels must be (P,) = ({patch_embeddings.shape[0]},), got shape {tuple(labels.shape)}.")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"labels must be an integer tensor, got {labels.dtype}.")
     num_classes = text_embeddings.shape[0]
@@ -217,17 +215,11 @@ def tsupcon_loss(
     text_embeddings: (K, D) frozen class text features.
     Returns a scalar tensor.
     """
-    patches, kept_labels, texts = _prepare(
-        patch_embeddings, labels, text_embeddings, ignore_index, temperature
-    )
+    patches, kept_labels, texts = _prepare(patch_embeddings, labels, text_embeddings, ignore_index, temperature)
     if kept_labels.numel() == 0:
         return _empty_loss(patch_embeddings)
-    patch_log_partition = (
-        _log_sum_exp_over_others(patches, temperature) if patches.shape[0] >= 2 else None
-    )
-    text_sum, text_count = _prototype_terms(
-        patches, kept_labels, texts, temperature, patch_log_partition
-    )
+    patch_log_partition = _log_sum_exp_over_others(patches, temperature) if patches.shape[0] >= 2 else None
+    text_sum, text_count = _prototype_terms(patches, kept_labels, texts, temperature, patch_log_partition)
     image_sum, image_count = _supcon_terms(
         patches,
         kept_labels,
@@ -251,17 +243,11 @@ def prototype_loss(
 ) -> torch.Tensor:
     """The prototype loss alone (Eq. 2), Table 3's "l_t (2)": mean of l_t(t_k) over the classes
     present in the batch. Eq. 3 keeps its patch-patch negatives. Shapes as ``tsupcon_loss``."""
-    patches, kept_labels, texts = _prepare(
-        patch_embeddings, labels, text_embeddings, ignore_index, temperature
-    )
+    patches, kept_labels, texts = _prepare(patch_embeddings, labels, text_embeddings, ignore_index, temperature)
     if kept_labels.numel() == 0:
         return _empty_loss(patch_embeddings)
-    patch_log_partition = (
-        _log_sum_exp_over_others(patches, temperature) if patches.shape[0] >= 2 else None
-    )
-    text_sum, text_count = _prototype_terms(
-        patches, kept_labels, texts, temperature, patch_log_partition
-    )
+    patch_log_partition = _log_sum_exp_over_others(patches, temperature) if patches.shape[0] >= 2 else None
+    text_sum, text_count = _prototype_terms(patches, kept_labels, texts, temperature, patch_log_partition)
     return text_sum / text_count
 
 
@@ -277,17 +263,13 @@ def supcon_loss(
     samples labelled with their class, and every sample is an anchor (Eq. 4 over P + K samples,
     positives exclude the anchor itself as in [20]). Mean over the anchors that have a positive;
     texts of classes absent from the batch are negatives only. Shapes as ``tsupcon_loss``."""
-    patches, kept_labels, texts = _prepare(
-        patch_embeddings, labels, text_embeddings, ignore_index, temperature
-    )
+    patches, kept_labels, texts = _prepare(patch_embeddings, labels, text_embeddings, ignore_index, temperature)
     if kept_labels.numel() == 0:
         return _empty_loss(patch_embeddings)
     num_classes = texts.shape[0]
     samples = torch.cat([patches, texts], dim=0)  # (P + K, D)
     sample_labels = torch.cat([kept_labels, torch.arange(num_classes, device=kept_labels.device)])
-    total, count = _supcon_terms(
-        samples, sample_labels, num_classes, temperature, include_self_positive=False
-    )
+    total, count = _supcon_terms(samples, sample_labels, num_classes, temperature, include_self_positive=False)
     return total / count
 
 

@@ -48,9 +48,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def select_stage12_masks(
-    mask_sources: Sequence[str], keep_fraction: float, rng: np.random.Generator
-) -> np.ndarray:
+def select_stage12_masks(mask_sources: Sequence[str], keep_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Indices of the masks kept for training: every Stage-1.1 mask and a random
     ``round(keep_fraction * M_1.2)`` of the image's M_1.2 Stage-1.2 masks (appendix 2.1, Table 2:
     75%). Rounding is half up, so a lone Stage-1.2 mask is kept at 75%."""
@@ -100,14 +98,14 @@ def patch_labels_from_masks(
     count, height, width = mask_array.shape
     classes = [int(c) for c in mask_classes]
     if len(classes) != count or len(mask_sources) != count:
-        raise ValueError(
-            f"Got {count} masks but {len(classes)} classes and {len(mask_sources)} sources."
-        )
+        raise ValueError(f"Got {count} masks but {len(classes)} classes and {len(mask_sources)} sources.")
     if any(c < 0 for c in classes):
         raise ValueError(f"mask_classes must be >= 0, got {classes}.")
     grid_h, grid_w = (int(v) for v in grid_shape)
     if grid_h <= 0 or grid_w <= 0 or grid_h > height or grid_w > width:
-        raise ValueError(f"grid_shape {tuple(grid_shape)} must be positive and at most the mask size {(height, width)}.")
+        raise ValueError(
+            f"grid_shape {tuple(grid_shape)} must be positive and at most the mask size {(height, width)}."
+        )
     if not 0.0 <= stage12_keep_fraction <= 1.0:
         raise ValueError(f"stage12_keep_fraction must be in [0, 1], got {stage12_keep_fraction}.")
     if not 0.0 < min_area_fraction <= 1.0:
@@ -347,9 +345,7 @@ def _check_classes(expected: Sequence[str], stored: Sequence[str], path: Path) -
     )
 
 
-def _parse_checkpoint(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
-) -> AlignmentCheckpoint:
+def _parse_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> AlignmentCheckpoint:
     try:
         classes = tuple(json.loads(metadata["classes"]))
         module_config = AlignmentModuleConfig.from_dict(json.loads(metadata["module"]))
@@ -361,7 +357,7 @@ def _parse_checkpoint(
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"Checkpoint {str(path)!r} has damaged metadata: {error!r}") from error
     module = AlignmentModule(module_config)
-    state = {k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")}
+    state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -432,6 +428,12 @@ def _validate_inputs(
     for index, example in enumerate(examples):
         if not isinstance(example, TrainingExample):
             raise ValueError(f"examples[{index}] is a {type(example).__name__}, not a TrainingExample.")
+        labels = example.patch_labels
+        if labels.numel() and (int(labels.min()) < IGNORE_LABEL or int(labels.max()) >= len(class_names)):
+            raise ValueError(
+                f"examples[{index}] has labels in [{int(labels.min())}, {int(labels.max())}]; "
+                f"expected -1 (none) or [0, {len(class_names)})."
+            )
         if example.patch_features.shape[1] != module_config.in_dim:
             raise ValueError(
                 f"examples[{index}] has {example.patch_features.shape[1]}-d features; "
@@ -545,7 +547,7 @@ def train_alignment_module(
         optimizer_state: dict[str, Any] = {"state": {}, "param_groups": json.loads(metadata["optimizer_param_groups"])}
         for name, value in tensors.items():
             if name.startswith("optimizer.state."):
-                index, key = name[len("optimizer.state."):].split(".", 1)
+                index, key = name[len("optimizer.state.") :].split(".", 1)
                 optimizer_state["state"].setdefault(int(index), {})[key] = value.to(device)
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(json.loads(metadata["scheduler"]))
@@ -569,7 +571,10 @@ def train_alignment_module(
             ).tolist()
             epoch_losses = []
             for batch_index in range(steps_per_epoch):
-                batch = [examples[i] for i in order[batch_index * settings.batch_size:(batch_index + 1) * settings.batch_size]]
+                batch = [
+                    examples[i]
+                    for i in order[batch_index * settings.batch_size : (batch_index + 1) * settings.batch_size]
+                ]
                 embeddings, labels = _forward_batch(module, batch, device)
                 loss = alignment_loss(embeddings, labels, texts.to(device), settings.loss)
                 optimizer.zero_grad(set_to_none=True)

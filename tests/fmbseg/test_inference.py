@@ -68,7 +68,7 @@ def test_ties_go_to_the_lower_class():
 
 def _box(shape, rows, cols):
     mask = np.zeros(shape, dtype=bool)
-    mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = True
     return mask
 
 

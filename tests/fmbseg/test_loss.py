@@ -89,13 +89,8 @@ def reference_supcon(z, y, t, tau=1.0):
         positives = [p for p in range(len(samples)) if p != a and labels[p] == labels[a]]
         if not positives:
             continue
-        denominator = sum(
-            torch.exp(torch.dot(samples[a], samples[j]) / tau) for j in range(len(samples)) if j != a
-        )
-        term = sum(
-            -torch.log(torch.exp(torch.dot(samples[a], samples[p]) / tau) / denominator)
-            for p in positives
-        )
+        denominator = sum(torch.exp(torch.dot(samples[a], samples[j]) / tau) for j in range(len(samples)) if j != a)
+        term = sum(-torch.log(torch.exp(torch.dot(samples[a], samples[p]) / tau) / denominator) for p in positives)
         total = total + term / len(positives)
         anchors += 1
     return total / anchors
@@ -180,9 +175,7 @@ def test_hand_worked_two_patch_case():
     assert tsupcon_loss(z, y, t).item() == pytest.approx(expected, abs=1e-12)
     # literal Eq. 4 (l = i included): each term becomes ((-1 + 0) + (0 + 0)) / 2 = -0.5
     expected_literal = (l_t - 1.0) / 3
-    assert tsupcon_loss(z, y, t, include_self_positive=True).item() == pytest.approx(
-        expected_literal, abs=1e-12
-    )
+    assert tsupcon_loss(z, y, t, include_self_positive=True).item() == pytest.approx(expected_literal, abs=1e-12)
 
 
 def test_unit_normalisation_and_dispatch():

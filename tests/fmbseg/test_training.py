@@ -40,7 +40,7 @@ def _one_thread():
 
 def _box(shape, rows, cols):
     mask = np.zeros(shape, dtype=bool)
-    mask[rows[0]:rows[1], cols[0]:cols[1]] = True
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = True
     return mask
 
 
@@ -232,7 +232,14 @@ def test_progress_callback_and_checkpoint_round_trip(tmp_path):
     events = []
     path = tmp_path / "alignment.safetensors"
     result = train_alignment_module(
-        examples, CLASSES, texts, TINY_CONFIG, TINY_SETTINGS, checkpoint_path=path, callback=events.append, progress_bar=False
+        examples,
+        CLASSES,
+        texts,
+        TINY_CONFIG,
+        TINY_SETTINGS,
+        checkpoint_path=path,
+        callback=events.append,
+        progress_bar=False,
     )
     steps = [e for e in events if not e.epoch_finished]
     ends = [e for e in events if e.epoch_finished]
@@ -272,14 +279,26 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(_Stop):
         train_alignment_module(
-            examples, CLASSES, texts, TINY_CONFIG, TINY_SETTINGS, checkpoint_path=path,
-            callback=crash_in_epoch_two, progress_bar=False,
+            examples,
+            CLASSES,
+            texts,
+            TINY_CONFIG,
+            TINY_SETTINGS,
+            checkpoint_path=path,
+            callback=crash_in_epoch_two,
+            progress_bar=False,
         )
     assert load_alignment_checkpoint(path).epochs_completed == 1  # the last good checkpoint
     steps_after_resume = []
     resumed = train_alignment_module(
-        examples, CLASSES, texts, TINY_CONFIG, TINY_SETTINGS, checkpoint_path=path,
-        callback=lambda p: steps_after_resume.append(p.step), progress_bar=False,
+        examples,
+        CLASSES,
+        texts,
+        TINY_CONFIG,
+        TINY_SETTINGS,
+        checkpoint_path=path,
+        callback=lambda p: steps_after_resume.append(p.step),
+        progress_bar=False,
     )
     assert steps_after_resume[0] == 4  # continues with epoch 2
     assert resumed.loss_history == full.loss_history
@@ -288,8 +307,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     # a finished run resumes to nothing and returns the stored module
     again_steps = []
     again = train_alignment_module(
-        examples, CLASSES, texts, TINY_CONFIG, TINY_SETTINGS, checkpoint_path=path,
-        callback=again_steps.append, progress_bar=False,
+        examples,
+        CLASSES,
+        texts,
+        TINY_CONFIG,
+        TINY_SETTINGS,
+        checkpoint_path=path,
+        callback=again_steps.append,
+        progress_bar=False,
     )
     assert again_steps == [] and again.version == resumed.version
     for (name, a), (_, b) in zip(full.module.state_dict().items(), again.module.state_dict().items()):
@@ -302,21 +327,36 @@ def test_resume_refuses_other_classes_settings_or_data(tmp_path):
     short = dataclasses.replace(TINY_SETTINGS, epochs=1)
     train_alignment_module(examples, CLASSES, texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False)
     with pytest.raises(CheckpointError, match="Class list differs") as error:
-        train_alignment_module(examples, ["sky", "tree", "car"], texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False)
+        train_alignment_module(
+            examples, ["sky", "tree", "car"], texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False
+        )
     assert "car" in str(error.value) and "road" in str(error.value)
     with pytest.raises(CheckpointError, match="learning_rate"):
         train_alignment_module(
-            examples, CLASSES, texts, TINY_CONFIG, dataclasses.replace(short, learning_rate=0.2),
-            checkpoint_path=path, progress_bar=False,
+            examples,
+            CLASSES,
+            texts,
+            TINY_CONFIG,
+            dataclasses.replace(short, learning_rate=0.2),
+            checkpoint_path=path,
+            progress_bar=False,
         )
     with pytest.raises(CheckpointError, match="labels differ"):
-        train_alignment_module(examples[:-1], CLASSES, texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False)
+        train_alignment_module(
+            examples[:-1], CLASSES, texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False
+        )
     with pytest.raises(CheckpointError, match="text embeddings"):
         train_alignment_module(examples, CLASSES, -texts, TINY_CONFIG, short, checkpoint_path=path, progress_bar=False)
     # resume=False starts again and overwrites
     fresh = train_alignment_module(
-        examples, CLASSES, texts, TINY_CONFIG, dataclasses.replace(short, learning_rate=0.2),
-        checkpoint_path=path, resume=False, progress_bar=False,
+        examples,
+        CLASSES,
+        texts,
+        TINY_CONFIG,
+        dataclasses.replace(short, learning_rate=0.2),
+        checkpoint_path=path,
+        resume=False,
+        progress_bar=False,
     )
     assert load_alignment_checkpoint(path).settings.learning_rate == 0.2 == fresh.settings.learning_rate
 
@@ -338,13 +378,20 @@ def test_loading_errors(tmp_path):
     examples, texts = _tiny_data()
     path = tmp_path / "ok.safetensors"
     train_alignment_module(
-        examples, CLASSES, texts, TINY_CONFIG, dataclasses.replace(TINY_SETTINGS, epochs=1),
-        checkpoint_path=path, progress_bar=False,
+        examples,
+        CLASSES,
+        texts,
+        TINY_CONFIG,
+        dataclasses.replace(TINY_SETTINGS, epochs=1),
+        checkpoint_path=path,
+        progress_bar=False,
     )
     with pytest.raises(CheckpointError) as error:
         load_alignment_checkpoint(path, expected_classes=["sky", "road", "tree"])
     message = str(error.value)
-    assert "different order" in message and "['sky', 'road', 'tree']" in message and "['sky', 'tree', 'road']" in message
+    assert (
+        "different order" in message and "['sky', 'road', 'tree']" in message and "['sky', 'tree', 'road']" in message
+    )
     with pytest.raises(CheckpointError, match="only in the checkpoint: \\['road'\\]"):
         load_alignment_checkpoint(path, expected_classes=["sky", "tree"])
 
@@ -388,7 +435,12 @@ def test_variable_grids_in_one_batch_and_bad_inputs():
     with pytest.raises(ValueError, match="text_embeddings"):
         train_alignment_module(examples, CLASSES, texts[:2], TINY_CONFIG, progress_bar=False)
     with pytest.raises(ValueError, match="in_dim"):
-        train_alignment_module(examples, CLASSES, texts, dataclasses.replace(TINY_CONFIG, in_dim=6, num_heads=1), progress_bar=False)
+        train_alignment_module(
+            examples, CLASSES, texts, dataclasses.replace(TINY_CONFIG, in_dim=6, num_heads=1), progress_bar=False
+        )
+    with pytest.raises(ValueError, match="expected -1"):
+        bad = [TrainingExample(torch.zeros(2, 8), torch.tensor([0, 3]))]
+        train_alignment_module(bad, CLASSES, texts, TINY_CONFIG, progress_bar=False)
     with pytest.raises(ValueError, match="unique"):
         train_alignment_module(examples, ["a", "a", "b"], texts, TINY_CONFIG, progress_bar=False)
     with pytest.raises(ValueError, match="patch_labels"):
@@ -396,7 +448,8 @@ def test_variable_grids_in_one_batch_and_bad_inputs():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(batch_size=0), dict(epochs=1.5), dict(learning_rate=0.0), dict(momentum=1.0), dict(weight_decay=-1.0)]
+    "kwargs",
+    [dict(batch_size=0), dict(epochs=1.5), dict(learning_rate=0.0), dict(momentum=1.0), dict(weight_decay=-1.0)],
 )
 def test_settings_validation(kwargs):
     with pytest.raises(ValueError):
