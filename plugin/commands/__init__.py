@@ -5,6 +5,6 @@ Each module defines ``NAME``, ``HELP`` (one line), ``DESCRIPTION`` (the ``--help
 ``rate``), write such a module and list it in ``COMMANDS``.
 """
 
-from plugin.commands import export, setup
+from plugin.commands import export, rate, setup
 
-COMMANDS = (setup, export)
+COMMANDS = (setup, export, rate)

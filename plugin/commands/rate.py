@@ -1,0 +1,160 @@
+"""``python -m plugin rate setup | collect``: the 0-3 rating protocol of zero-guidance segmentation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from backend.evaluation.rating import RATERS_PER_SEGMENT, RATING_SCALE, ScoreDistribution, score_distribution
+from plugin.connection import LabelStudioConnection
+from plugin.errors import PluginError
+from plugin.rating import CollectedRatings, collect_ratings, prepare_rating_project
+
+NAME = "rate"
+HELP = "rate predicted segments 0-3 by three raters each (zero-guidance appendix F) and collect the scores"
+DESCRIPTION = """\
+The human rating of the zero-guidance paper (sections 4.2 and 5.2, appendix F): each predicted
+segment and its text is shown to three distinct raters, who rate how well the text describes
+the segment (0 incorrect, 1 partially correct, 2 correct but too general/specific, 3 correct).
+
+  rate setup --project SOURCE_ID [--raters 3]
+      make a rating project with one task per predicted segment that has a text: the input
+      image next to the segment highlighted in green, the predicted text, a required 0-3
+      choice; each task asks for --raters annotations by distinct annotators.
+  rate collect --project RATING_ID --out ratings.json [--report report.json]
+      write the ratings as the records `python -m backend.evaluation ratings` reads and
+      print the distribution of scores (Table 2).
+
+Raters label the rating project in Label Studio ("Label All Tasks"); each must log in as
+their own user."""
+
+SETUP_DESCRIPTION = """\
+Create (or complete) the project "Rating of project SOURCE_ID": one task per brush region of
+the source project's newest predictions that has a text in a per-region TextArea. Running it
+again adds only segments without a task. Exit status 0, or 2 on an error (no such project, no
+prediction, no segment with a text)."""
+
+COLLECT_DESCRIPTION = """\
+Read the rating project's annotations. Per task: skipped annotations and annotations without a
+score are left out, a rater who rated twice counts once (the newest), and at most --raters
+ratings are kept (the first by annotation id), the b-th being rating batch b. Writes a JSON list
+of {image, segment, text, label: null, rater, score, batch, source_project, source_task,
+rating_task, annotation} and prints the share of labels at each score, computed per batch and
+averaged over batches (appendix F). Exit status 0, 1 when there is no rating yet, 2 on an error."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="rate_action", metavar="ACTION", required=True)
+    setup = actions.add_parser(
+        "setup",
+        help="make the rating project of a pre-labelled project",
+        description=SETUP_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    setup.add_argument("--project", type=int, required=True, help="id of the pre-labelled (source) project")
+    setup.add_argument(
+        "--raters",
+        type=int,
+        default=RATERS_PER_SEGMENT,
+        help="distinct raters per segment (paper: %(default)s)",
+    )
+    setup.add_argument("--title", help="rating project title (default: 'Rating of project SOURCE_ID')")
+    setup.add_argument(
+        "--text-control", help="per-region TextArea holding the predicted text (default: any per-region TextArea)"
+    )
+    setup.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    setup.set_defaults(rate_run=run_setup)
+
+    collect = actions.add_parser(
+        "collect",
+        help="export the ratings and print the score distribution",
+        description=COLLECT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    collect.add_argument("--project", type=int, required=True, help="id of the rating project")
+    collect.add_argument("--out", type=Path, required=True, help="ratings JSON to write")
+    collect.add_argument("--report", type=Path, help="also write the distribution and counts as JSON")
+    collect.add_argument(
+        "--raters", type=int, help="ratings kept per segment (default: the project's annotations per task)"
+    )
+    collect.set_defaults(rate_run=run_collect)
+
+
+def run(args: argparse.Namespace) -> int:
+    return args.rate_run(args)
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    connection = LabelStudioConnection.from_environment()
+    setup = prepare_rating_project(
+        connection, args.project, raters=args.raters, title=args.title, text_control=args.text_control
+    )
+    url = connection.settings.url
+    print(
+        f"rating project {setup.project_id} {'created' if setup.created else 'exists'}: "
+        f"{url}/projects/{setup.project_id}/ ({setup.raters} distinct rater(s) per task)"
+    )
+    print(
+        f"project {setup.source_project_id}: {setup.segments} predicted segment(s) with a text"
+        + (f", {setup.regions_without_text} region(s) without text skipped" if setup.regions_without_text else "")
+    )
+    print(f"created {len(setup.created_task_ids)} rating task(s), {setup.existing_tasks} already there")
+    if args.json:
+        print(json.dumps(setup.to_dict()))
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def describe(collected: CollectedRatings, distribution: ScoreDistribution) -> list[str]:
+    """The lines ``collect`` prints."""
+    names = {level.score: level.name for level in RATING_SCALE}
+    lines = [
+        f"{len(collected.records)} rating(s) of {collected.tasks} segment(s) by {len(collected.raters)} rater(s); "
+        f"{len(collected.unrated_tasks)} segment(s) without a rating, "
+        f"{len(collected.incomplete_tasks)} with fewer than {collected.raters_per_segment}",
+        f"share of labels per score (per batch, averaged over {sum(b is not None for b in distribution.per_batch)} "
+        "batch(es)):",
+    ]
+    lines += [f"  {score} {names[score]:<34} {_percent(share)}" for score, share in distribution.fractions.items()]
+    for index, counts in enumerate(distribution.counts_per_batch, start=1):
+        lines.append(f"  batch {index}: " + "  ".join(f"{score}: {count}" for score, count in counts.items()))
+    return lines
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    if args.raters is not None and args.raters < 1:
+        raise PluginError(f"--raters must be at least 1, got {args.raters}")
+    connection = LabelStudioConnection.from_environment()
+    collected = collect_ratings(connection, args.project, args.raters)
+    try:
+        distribution = score_distribution(collected.records, collected.raters_per_segment)
+    except ValueError as error:  # the records are built to pass; this is a bug, said plainly
+        raise PluginError(f"the collected ratings do not pass backend.evaluation: {error}") from error
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(collected.records, indent=1, ensure_ascii=False), encoding="utf-8")
+    for note in collected.notes:
+        print(f"  note: {note}", file=sys.stderr)
+    for line in describe(collected, distribution):
+        print(line)
+    print(f"wrote {len(collected.records)} rating(s) -> {args.out}")
+    if args.report:
+        report = {
+            "rating_project": args.project,
+            "raters_per_segment": collected.raters_per_segment,
+            "segments": collected.tasks,
+            "ratings": len(collected.records),
+            "raters": collected.raters,
+            "unrated_segments": collected.unrated_tasks,
+            "incomplete_segments": collected.incomplete_tasks,
+            "notes": collected.notes,
+            "distribution": distribution.to_dict(),
+        }
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote the report -> {args.report}")
+    return 0 if collected.records else 1
