@@ -102,7 +102,9 @@ def run_case(case: dict) -> dict:
 
         result["parameters"] = count_parameters(module)
     elif case["name"] == "loss":
-        embeddings = torch.nn.functional.normalize(torch.randn(BATCH * GRID * GRID, out_dim, generator=generator), dim=-1)
+        embeddings = torch.nn.functional.normalize(
+            torch.randn(BATCH * GRID * GRID, out_dim, generator=generator), dim=-1
+        )
         embeddings.requires_grad_(True)
         labels = torch.randint(0, 20, (BATCH * GRID * GRID,), generator=generator)
 
@@ -126,7 +128,9 @@ def run_case(case: dict) -> dict:
         masks = np.zeros((case["masks"], height, width), dtype=bool)
         for mask in masks:
             top, left = rng.integers(0, height - 16), rng.integers(0, width - 16)
-            mask[top:top + rng.integers(16, height - top + 1), left:left + rng.integers(16, width - left + 1)] = True
+            mask[top : top + rng.integers(16, height - top + 1), left : left + rng.integers(16, width - left + 1)] = (
+                True
+            )
 
         def call():
             refined_label_map(base, masks)
@@ -138,6 +142,7 @@ def run_case(case: dict) -> dict:
     seconds = _timed(call, case["repeats"])
     result["seconds"] = seconds
     result["median_s"] = statistics.median(seconds)
+    result["min_s"] = min(seconds)  # the least disturbed run, on a shared machine
     result["peak_mb_above_start"] = round(max(0.0, _peak_rss_mb() - start_rss), 1)
     return result
 
@@ -256,10 +261,10 @@ def main() -> None:
         "results": [],
     }
     for case in [] if args.skip_timing else _cases(args.repeats, args.threads):
-        output = subprocess.run(
-            [sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True, check=True
-        ).stdout
-        result = json.loads(output.strip().splitlines()[-1])
+        process = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)], capture_output=True, text=True)
+        if process.returncode != 0:
+            raise RuntimeError(f"Case {case} failed:\n{process.stderr[-4000:]}")
+        result = json.loads(process.stdout.strip().splitlines()[-1])
         report["results"].append(result)
         label = " ".join(str(result.get(k, "")) for k in ("name", "encoder", "kind", "image_size"))
         print(f"{label:60s} median {result['median_s']:.3f} s  peak +{result['peak_mb_above_start']} MB", flush=True)

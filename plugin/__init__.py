@@ -2,7 +2,7 @@
 
 Everything here talks to a running Label Studio through ``label-studio-sdk`` only. Of the
 backend it imports only the model-free evaluation maths (``backend.evaluation.rating``, for the
-0-3 rating protocol) and drawing helpers; never the models or the service.
+0-3 rating protocol); never the models or the service.
 Run ``python -m plugin --help``.
 
 Modules:

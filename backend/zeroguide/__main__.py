@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     segmenter = ZeroGuidanceSegmenter(models, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    banner = "tiny preset: random weights, not a real result" if models.is_tiny else None
+    banner = "tiny preset: random weights, not a real result" if models.random_weights else None
     for path in tqdm(args.images, desc="zero-guidance", unit="image"):
         try:
             image = read_image(path)
