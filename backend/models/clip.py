@@ -208,13 +208,17 @@ class ClipModel:
             tokens = block(tokens)
         key_weights = token_masks(resize_masks(masks_t, (self.input_size, self.input_size)), self.grid_size)
         tokens = tokens.expand(masks_t.shape[0], -1, -1)
-        for block in blocks[first_masked:]:
+        pooled_by_class_token = visual.attn_pool is None and visual.pool_type == "tok"
+        masked_blocks = blocks[first_masked:]
+        for index, block in enumerate(masked_blocks):
             tokens = run_masked_block(
                 block,
                 tokens,
                 key_weights,
                 subtract_global=settings.subtract_global,
                 sigma_squared=settings.sigma_squared,
+                # the pooled embedding reads the class token only: skip the rest of the last block
+                class_token_only=pooled_by_class_token and index == len(masked_blocks) - 1,
             )
         pooled, _ = visual._pool(tokens)
         return self._project(pooled)

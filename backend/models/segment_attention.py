@@ -110,6 +110,7 @@ def run_masked_block(
     *,
     subtract_global: bool,
     sigma_squared: float,
+    class_token_only: bool = False,
 ) -> torch.Tensor:
     """One open_clip ``ResidualAttentionBlock`` with masked attention and global subtraction.
 
@@ -123,11 +124,17 @@ def run_masked_block(
         key_weights: (K, L) per-token mask weights, class token first.
         subtract_global: apply Eqs. 2-4 (off: plain masked attention, the ablation).
         sigma_squared: σ^2 of Eq. 4.
+        class_token_only: return only the class token's output, (K, 1, C). Exact for the last
+            block, whose other outputs are never read: the saliency still averages over every
+            token's attention output, but the output projection and the MLP (most of a block's
+            cost) run for the class token alone.
     """
     masked, unmasked = masked_attention_outputs(block.attn, block.ln_1(tokens), key_weights)
     if subtract_global:
         weight = global_subtraction_weight(saliency(unmasked, masked), sigma_squared)
         masked = masked - weight[:, None, None] * unmasked[:, :1, :]
+    if class_token_only:
+        tokens, masked = tokens[:, :1], masked[:, :1]
     attended = F.linear(masked, block.attn.out_proj.weight, block.attn.out_proj.bias)
     tokens = tokens + block.ls_1(attended)
     return tokens + block.ls_2(block.mlp(block.ln_2(tokens)))

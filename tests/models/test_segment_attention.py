@@ -114,3 +114,17 @@ def test_masked_attention_ignores_masked_keys():
         a, _ = masked_attention_outputs(block.attn, tokens, weights)
         b, _ = masked_attention_outputs(block.attn, changed, weights)
     assert torch.allclose(a[0, :2], b[0, :2], atol=1e-5)
+
+
+def test_class_token_only_equals_the_full_block_class_token():
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(2)
+    block = ResidualAttentionBlock(16, 4).eval()
+    tokens = torch.randn(2, 6, 16)
+    weights = torch.tensor([[1.0, 1.0, 0.0, 0.5, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]])
+    with torch.no_grad():
+        full = run_masked_block(block, tokens, weights, subtract_global=True, sigma_squared=2.5)
+        first = run_masked_block(block, tokens, weights, subtract_global=True, sigma_squared=2.5, class_token_only=True)
+    assert first.shape == (2, 1, 16)
+    assert torch.allclose(first, full[:, :1], atol=1e-6)
