@@ -174,8 +174,25 @@ class ClipModel:
 
     # -------------------------------------------------------------- segments
     @torch.inference_mode()
+    def segment_prefix(self, image: np.ndarray, settings: SegmentEncoding = SegmentEncoding()) -> torch.Tensor:
+        """The tokens (1, L, C) entering the first masked block: the part of
+        :meth:`encode_segments` that depends on the image alone. Pass it back as ``prefix`` to
+        encode more segments of the same image without running those blocks again."""
+        if settings.masked_layers > self.num_blocks:
+            raise ValueError(f"masked_layers={settings.masked_layers} exceeds the model's {self.num_blocks} blocks")
+        visual = self.model.visual
+        tokens = visual._embeds(self._pixels(image)[None])
+        for block in visual.transformer.resblocks[: self.num_blocks - settings.masked_layers]:
+            tokens = block(tokens)
+        return tokens
+
+    @torch.inference_mode()
     def encode_segments(
-        self, image: np.ndarray, masks: np.ndarray | torch.Tensor, settings: SegmentEncoding = SegmentEncoding()
+        self,
+        image: np.ndarray,
+        masks: np.ndarray | torch.Tensor,
+        settings: SegmentEncoding = SegmentEncoding(),
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One unit-norm embedding per segment, (K, D) (zero-guidance section 3.2).
 
@@ -187,6 +204,7 @@ class ClipModel:
             image: (H, W, 3) uint8 RGB.
             masks: (K, H, W) soft (float in [0, 1]) or hard (bool) masks at image resolution.
             settings: see :class:`SegmentEncoding`.
+            prefix: :meth:`segment_prefix` of this image with these settings, if already computed.
         """
         masks_t = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
         if masks_t.ndim != 3 or masks_t.shape[1:] != image.shape[:2]:
@@ -198,14 +216,10 @@ class ClipModel:
         masks_t = masks_t.float().clamp(0, 1).to(self.device)
         if settings.method == "crop":
             return self._encode_crops(image, masks_t)
-        if settings.masked_layers > self.num_blocks:
-            raise ValueError(f"masked_layers={settings.masked_layers} exceeds the model's {self.num_blocks} blocks")
         visual = self.model.visual
         blocks = visual.transformer.resblocks
         first_masked = self.num_blocks - settings.masked_layers
-        tokens = visual._embeds(self._pixels(image)[None])
-        for block in blocks[:first_masked]:
-            tokens = block(tokens)
+        tokens = self.segment_prefix(image, settings) if prefix is None else prefix
         key_weights = token_masks(resize_masks(masks_t, (self.input_size, self.input_size)), self.grid_size)
         tokens = tokens.expand(masks_t.shape[0], -1, -1)
         pooled_by_class_token = visual.attn_pool is None and visual.pool_type == "tok"

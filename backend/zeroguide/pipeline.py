@@ -100,10 +100,15 @@ class ZeroGuidanceSegmenter:
     def model_version(self) -> str:
         return f"zeroguide-{self.models.preset.name}-{self.settings.captioner}-{self.settings.fingerprint()}"
 
-    def describe(self, image: np.ndarray, masks: np.ndarray) -> list[SegmentDescription]:
-        """Section 3.2-3.3 for (K, H, W) masks: embeddings, texts and the texts' embeddings."""
+    def describe(
+        self, image: np.ndarray, masks: np.ndarray, prefix: torch.Tensor | None = None
+    ) -> list[SegmentDescription]:
+        """Section 3.2-3.3 for (K, H, W) masks: embeddings, texts and the texts' embeddings.
+
+        ``prefix``: ``ClipModel.segment_prefix`` of the image, shared by every call on it.
+        """
         clip = self.models.clip
-        embeddings = clip.encode_segments(image, masks, self.settings.segment_encoding)
+        embeddings = clip.encode_segments(image, masks, self.settings.segment_encoding, prefix=prefix)
         captions = self.captioner.caption(embeddings)
         text_embeddings = clip.encode_text([caption.text for caption in captions])
         return [
@@ -136,17 +141,19 @@ class ZeroGuidanceSegmenter:
         node_ids = [node for index, node in enumerate(candidates.segment_ids) if (label_map == index).any()]
         masks = np.stack([label_map == candidates.segment_ids.index(node) for node in node_ids])
         with stage("embedding_and_naming"):
-            descriptions = dict(zip(node_ids, self.describe(image, masks)))
+            encoding = settings.segment_encoding
+            prefix = self.models.clip.segment_prefix(image, encoding) if encoding.method == "attention" else None
+            descriptions = dict(zip(node_ids, self.describe(image, masks, prefix)))
         with stage("merging"):
             if settings.merge and len(node_ids) > 1:
                 merged = merge_segments(
                     candidates.tree,
                     dict(zip(node_ids, masks)),
                     descriptions,
-                    lambda node, mask: self.describe(image, mask[None])[0],
+                    lambda node, mask: self.describe(image, mask[None], prefix)[0],
                     merge_threshold=settings.merge_threshold,
                     # the merges of one tree level are re-embedded and re-named as one batch
-                    describe_batch=lambda nodes, merged_masks: self.describe(image, np.stack(merged_masks)),
+                    describe_batch=lambda nodes, merged_masks: self.describe(image, np.stack(merged_masks), prefix),
                 ).segments
                 final = [(m.node_id, m.mask, m.description, m.merge_score) for m in merged]
             else:

@@ -139,3 +139,11 @@ def test_text_trimmed_equals_padded_and_is_cached(clip):
     assert torch.allclose(got, want, atol=1e-5)
     assert clip.encode_text(prompts[1:2]).data_ptr() != got.data_ptr()
     assert torch.equal(clip.encode_text(prompts[1:2])[0], got[1])
+
+
+def test_shared_prefix_gives_the_same_embeddings(clip, image):
+    masks = _segment_masks(image.shape[:2])
+    settings = SegmentEncoding(masked_layers=3)
+    prefix = clip.segment_prefix(image, settings)
+    assert prefix.shape == (1, 1 + clip.grid_size[0] * clip.grid_size[1], clip.model.visual.transformer.width)
+    assert torch.equal(clip.encode_segments(image, masks, settings, prefix=prefix), clip.encode_segments(image, masks, settings))
