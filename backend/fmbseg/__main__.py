@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..models import MissingWeightsError, list_presets, load_models
 from ..outputs import IMAGE_SUFFIXES, ImageReadError, draw_overlay, encode_rle, read_image, write_json
 from .alignment import ALIGNMENT_KINDS
+from .loss import LossSettings
 from .pipeline import FMbSegPredictor
 from .pseudo_labels import PseudoLabels
 from .settings import FMbSegSettings
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size, help="images a batch (paper: 5)")
     train.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate, help="SGD learning rate")
     train.add_argument("--no-resume", action="store_true", help="start over even if the checkpoint exists")
+    train.add_argument("--balance-terms", action="store_true",
+                       help="ours: mean text term + mean patch term instead of Eq. 1's sum over B*N+K (docs/fmbseg-stage2.md)")
 
     predict = commands.add_parser("predict", help="class masks for every image")
     common(predict)
@@ -151,7 +154,12 @@ def run_train(args) -> int:
     if not pairs:
         raise UsageError("no readable image to train on")
     examples = predictor.examples_from_pseudo_labels(pairs, classes)
-    settings = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    settings = TrainingSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        loss=LossSettings(balance_terms=args.balance_terms),
+    )
     checkpoint = predictor.train(
         examples, classes, args.checkpoint, training_settings=settings, module_kind=args.module,
         resume=not args.no_resume,

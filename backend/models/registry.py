@@ -109,15 +109,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         name="cpu",
-        description="Serves a CPU user: CLIP ViT-B/16, DINO ViT-S/8 (stride 4), GPT-2, SAM ViT-B, DINOv2 ViT-S/14.",
+        description="Serves a CPU user: CLIP ViT-B/16, DINO ViT-S/8 (stride 6), GPT-2, SAM ViT-B, DINOv2 ViT-S/14.",
         clip=ClipSpec("ViT-B-16-quickgelu", "openai"),
         dino=TimmSpec("vit_small_patch8_224.dino", "DINO_WEIGHTS"),
         dinov2=TimmSpec("vit_small_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
         sam=SamSpec("vit_b", "sam_vit_b_01ec64.pth"),
         language="gpt2",
         method_overrides={
-            # 55x55 DINO keys instead of 109x109: 1 s instead of ~15 s on 2 cores, Ward in 0.7 s.
-            "zeroguide": {"dino_stride": 4, "crf_max_side": 256},
+            # 37x37 DINO keys instead of 109x109 (0.7 s instead of tens of seconds on 2 cores),
+            # the CRF at 256 px: one 512x512 image in under 5 s (bench/bench_zeroguide.py).
+            "zeroguide": {"dino_stride": 6, "crf_max_side": 256},
             # 4 crops of 224 on ViT-B/16 (56x56 map) instead of 36 crops for 1344.
             "fmbseg": {"clip_image_size": 448, "sam_points_per_side": 16},
         },

@@ -87,6 +87,7 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
             to fetch the images; the previous checkpoint stays in service.
     """
     from ..fmbseg import FMbSegPredictor, LabelledMask
+    from ..fmbseg.loss import LossSettings
     from ..fmbseg.training import CheckpointError, TrainingSettings
     from ..models import load_models
 
@@ -129,7 +130,10 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
     work_dir = Path(request.model_dir) / "training"
     work_dir.mkdir(parents=True, exist_ok=True)
     work_path = work_dir / f"fmbseg-project-{request.project_id}.in-progress.safetensors"
-    settings = training_settings or TrainingSettings()
+    # Eq. 1 read literally gives the text terms ~K/(B*N) of the weight, and in our synthetic
+    # checks the patches then drift away from their class text (docs/fmbseg-stage2.md): the
+    # service balances the two terms. The paper's form stays the library's default.
+    settings = training_settings or TrainingSettings(loss=LossSettings(balance_terms=True))
     try:
         checkpoint = predictor.train(examples, classes, work_path, training_settings=settings, progress_bar=progress_bar,
                                      serve=False)
