@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-RECORDED = "/work/shared/label-studio-requests"
+# Copies of ../shared/label-studio-requests (request bodies a real Label Studio 1.23.2 sent).
+RECORDED = str(Path(__file__).resolve().parents[1] / "service" / "fixtures" / "label-studio-requests")
 
 
 class FakeConnection:
