@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import colorsys
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 __all__ = [
     "ImageReadError",
     "read_image",
+    "ReadableImages",
     "encode_rle",
     "decode_rle",
     "palette",
@@ -49,6 +51,29 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise ImageReadError(f"{path}: no such file") from None
     except (OSError, Image.DecompressionBombError, ValueError) as error:
         raise ImageReadError(f"{path}: not a readable image ({error})") from error
+
+
+class ReadableImages:
+    """``for path, image in ReadableImages(paths, "task"):`` with a progress bar; an unreadable
+    image is logged and counted in :attr:`failures`, and the loop goes on."""
+
+    def __init__(self, paths: Sequence[Path], description: str, logger: logging.Logger | None = None):
+        self.paths = list(paths)
+        self.description = description
+        self.logger = logger or logging.getLogger(__name__)
+        self.failures = 0
+
+    def __iter__(self) -> Iterator[tuple[Path, np.ndarray]]:
+        from tqdm import tqdm
+
+        for path in tqdm(self.paths, desc=self.description, unit="image"):
+            try:
+                image = read_image(path)
+            except ImageReadError as error:
+                self.logger.error("skipped: %s", error)
+                self.failures += 1
+                continue
+            yield Path(path), image
 
 
 def encode_rle(mask: np.ndarray) -> dict:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ..models import MissingWeightsError, list_presets, load_models
-from ..outputs import IMAGE_SUFFIXES, ImageReadError, draw_overlay, encode_rle, read_image, write_json
+from ..outputs import IMAGE_SUFFIXES, ReadableImages, draw_overlay, encode_rle, write_json
 from .alignment import ALIGNMENT_KINDS
 from .loss import LossSettings
 from .pipeline import FMbSegPredictor
@@ -114,18 +113,12 @@ def run_pseudo_label(args) -> int:
     classes = parse_classes(args.classes)
     images = list_images(args.images)
     predictor = _predictor(args)
-    failures = 0
-    for path in tqdm(images, desc="FMbSeg stage 1", unit="image"):
-        try:
-            image = read_image(path)
-        except ImageReadError as error:
-            log.error("skipped: %s", error)
-            failures += 1
-            continue
+    readable = ReadableImages(images, "FMbSeg stage 1", log)
+    for path, image in readable:
         pseudo = predictor.pseudo_label(image, classes)
         pseudo.save(args.out, path.stem)
         _overlay(image, pseudo.label_map(), classes, _banner(predictor), args.out / f"{path.stem}.overlay.png")
-    return 1 if failures else 0
+    return 1 if readable.failures else 0
 
 
 def run_train(args) -> int:
@@ -134,12 +127,7 @@ def run_train(args) -> int:
     predictor = _predictor(args)
     labels_dir = args.pseudo_labels or args.out / "pseudo-labels"
     pairs = []
-    for path in tqdm(images, desc="pseudo-labels", unit="image"):
-        try:
-            image = read_image(path)
-        except ImageReadError as error:
-            log.error("skipped: %s", error)
-            continue
+    for path, image in ReadableImages(images, "pseudo-labels", log):
         stored = labels_dir / f"{path.stem}.json"
         if stored.exists():
             pseudo = PseudoLabels.load(stored)
@@ -183,14 +171,8 @@ def run_predict(args) -> int:
     elif classes is None:
         raise UsageError("--classes is required without --checkpoint")
     args.out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for path in tqdm(images, desc="FMbSeg predict", unit="image"):
-        try:
-            image = read_image(path)
-        except ImageReadError as error:
-            log.error("skipped: %s", error)
-            failures += 1
-            continue
+    readable = ReadableImages(images, "FMbSeg predict", log)
+    for path, image in readable:
         result = predictor.predict(image, classes, refine=not args.no_refine, open_vocabulary=args.open_vocabulary)
         cv2.imwrite(str(args.out / f"{path.stem}.labels.png"), (result.label_map + 1).astype(np.uint16))
         write_json(
@@ -210,7 +192,7 @@ def run_predict(args) -> int:
             },
         )
         _overlay(image, result.label_map, classes, _banner(predictor), args.out / f"{path.stem}.overlay.png")
-    return 1 if failures else 0
+    return 1 if readable.failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:

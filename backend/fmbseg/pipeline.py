@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .inference import align_patch_grid, base_label_map, refined_label_map
-from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask
+from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
 from .settings import FMbSegSettings
 from .training import (
     AlignmentCheckpoint,
@@ -73,13 +72,6 @@ class ClassMaskPrediction:
             for index, name in enumerate(self.classes)
             if (self.label_map == index).any()
         }
-
-
-def _square(image: np.ndarray, side: int) -> np.ndarray:
-    if image.shape[:2] == (side, side):
-        return image
-    interpolation = cv2.INTER_AREA if max(image.shape[:2]) > side else cv2.INTER_CUBIC
-    return cv2.resize(image, (side, side), interpolation=interpolation)
 
 
 class FMbSegPredictor:
@@ -257,7 +249,7 @@ class FMbSegPredictor:
             label_map = base_label_map(patches, self.text_embeddings(classes), image.shape[:2])
         source = "stage2-base"
         if refine:
-            sam_image = _square(image, self.settings.sam_image_size)
+            sam_image = resize_square(image, self.settings.sam_image_size)
             records = self.models.sam.automatic_masks(sam_image, **self.settings.automatic_mask_options())
             if records:
                 masks = np.stack([resize_mask(r["segmentation"], image.shape[:2]) for r in records])

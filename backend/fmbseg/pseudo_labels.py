@@ -29,6 +29,7 @@ __all__ = [
     "top_patch_centers",
     "label_masks_by_mean_feature",
     "resize_mask",
+    "resize_square",
 ]
 
 Source = Literal["1.1", "1.2"]
@@ -185,7 +186,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized > 0.5
 
 
-def _resize_image(image: np.ndarray, side: int) -> np.ndarray:
+def resize_square(image: np.ndarray, side: int) -> np.ndarray:
+    """(H, W, 3) -> (side, side, 3): squashed, as the papers' fixed-size inputs are (area when shrinking)."""
     if image.shape[:2] == (side, side):
         return image
     interpolation = cv2.INTER_AREA if max(image.shape[:2]) > side else cv2.INTER_CUBIC
@@ -245,7 +247,7 @@ class PseudoLabeler:
         )
         if not present:
             return result
-        sam_image = _resize_image(image, settings.sam_image_size)
+        sam_image = resize_square(image, settings.sam_image_size)
         sam_size = (settings.sam_image_size, settings.sam_image_size)
         if "1.1" in stages:
             similarity = torch.einsum("hwd,kd->khw", dense.patches, text[present])

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
+
+from ..settings import MethodSettings
 
 __all__ = ["FMbSegSettings"]
 
 
 @dataclass(frozen=True)
-class FMbSegSettings:
+class FMbSegSettings(MethodSettings):
     """Settings of FMbSeg's two stages.
 
     Stage 1.1, CLIP queries SAM (section 3.2.1, appendix 1.1):
@@ -70,21 +69,6 @@ class FMbSegSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.clip_last_block not in ("value", "skip"):
             raise ValueError(f"clip_last_block must be 'value' or 'skip', got {self.clip_last_block!r}")
-
-    @classmethod
-    def for_preset(cls, overrides: Mapping[str, Any] | None = None, **changes: Any) -> "FMbSegSettings":
-        """The paper's settings with a preset's overrides, then ``changes``, applied."""
-        return cls(**{**dict(overrides or {}), **changes})
-
-    def replace(self, **changes: Any) -> "FMbSegSettings":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def automatic_mask_options(self) -> dict[str, Any]:
         """Keyword arguments for ``SamAutomaticMaskGenerator`` (Stage 1.2 and refinement)."""

@@ -11,11 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..models import MissingWeightsError, list_presets, load_models
 from ..models.clip import SegmentEncoding
-from ..outputs import ImageReadError, draw_overlay, encode_rle, read_image, write_json
+from ..outputs import ReadableImages, draw_overlay, encode_rle, write_json
 from .settings import CAPTIONERS, ZeroGuideSettings
 
 log = logging.getLogger("backend.zeroguide")
@@ -108,25 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     segmenter = ZeroGuidanceSegmenter(models, settings)
     args.out.mkdir(parents=True, exist_ok=True)
-    failures = 0
     banner = "tiny preset: random weights, not a real result" if models.random_weights else None
-    for path in tqdm(args.images, desc="zero-guidance", unit="image"):
+    readable = ReadableImages(args.images, "zero-guidance", log)
+    for path, image in readable:
         try:
-            image = read_image(path)
             result = segmenter.segment(image)
-        except ImageReadError as error:
-            log.error("skipped: %s", error)
-            failures += 1
-            continue
         except MissingWeightsError as error:
             log.error("%s", error)
             return 2
         write_json(args.out / f"{path.stem}.json", result_to_json(result, path.name))
         overlay = draw_overlay(image, [s.mask for s in result.segments], [s.text for s in result.segments], banner)
         overlay.save(args.out / f"{path.stem}.overlay.png")
-    if failures:
-        log.error("%d of %d images failed", failures, len(args.images))
-    return 1 if failures else 0
+    if readable.failures:
+        log.error("%d of %d images failed", readable.failures, len(args.images))
+    return 1 if readable.failures else 0
 
 
 if __name__ == "__main__":

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..models.clip import SegmentEncoding
+from ..settings import MethodSettings
 
 __all__ = ["ZeroGuideSettings"]
 
@@ -16,7 +14,7 @@ CAPTIONERS = ("retrieval", "zerocap")
 
 
 @dataclass(frozen=True)
-class ZeroGuideSettings:
+class ZeroGuideSettings(MethodSettings):
     """Settings of the zero-guidance pipeline (Rewatbowornwong et al., ICCV 2023).
 
     Segment candidates (section 3.1, appendix B):
@@ -83,21 +81,3 @@ class ZeroGuideSettings:
             raise ValueError(f"captioner must be one of {', '.join(CAPTIONERS)}, got {self.captioner!r}")
         if isinstance(self.segment_encoding, Mapping):
             object.__setattr__(self, "segment_encoding", SegmentEncoding(**self.segment_encoding))
-
-    @classmethod
-    def for_preset(cls, overrides: Mapping[str, Any] | None = None, **changes: Any) -> "ZeroGuideSettings":
-        """The paper's settings with a preset's overrides, then ``changes``, applied."""
-        return cls(**{**dict(overrides or {}), **changes})
-
-    def replace(self, **changes: Any) -> "ZeroGuideSettings":
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["captioner_options"] = dict(self.captioner_options)
-        return data
-
-    def fingerprint(self) -> str:
-        """A short, stable hash of the settings (for model versions)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
