@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,6 +53,35 @@ def build_tiny_sam(image_size: int = 256) -> torch.nn.Module:
     return sam.eval()
 
 
+def _reusing_predictor(model: torch.nn.Module):
+    """A ``SamPredictor`` that keeps the last image's embedding.
+
+    Stage 1.1's point prompts and Stage 1.2's automatic masks (and FMbSeg's refinement) query SAM
+    on the same image: with this predictor they pay for SAM's image encoder once. The automatic
+    mask generator resets its predictor after each crop; here that keeps the embedding, and a
+    different image (by content) is embedded anew.
+    """
+    from segment_anything import SamPredictor
+
+    class ReusingPredictor(SamPredictor):
+        _image_key: tuple | None = None
+
+        def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+            contiguous = np.ascontiguousarray(image)
+            key = (contiguous.shape, image_format, hashlib.blake2b(contiguous.data, digest_size=16).digest())
+            if self.is_image_set and key == self._image_key:
+                return
+            super().set_image(contiguous, image_format)
+            self._image_key = key
+
+        def reset_image(self) -> None:
+            if not hasattr(self, "is_image_set"):  # the constructor's reset: set the fields up
+                super().reset_image()
+            # otherwise keep the embedding for the next query on this image
+
+    return ReusingPredictor(model)
+
+
 @dataclass
 class PointPromptResult:
     """SAM's answer to one set of point prompts.
@@ -86,6 +116,13 @@ class SamModels:
     name: str
     automatic_overrides: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _predictor: object = field(default=None, repr=False)
+
+    def _shared_predictor(self):
+        """The predictor every query goes through (call with ``_lock`` held)."""
+        if self._predictor is None:
+            self._predictor = _reusing_predictor(self.model)
+        return self._predictor
 
     def predict_points(self, image: np.ndarray, points_xy: np.ndarray) -> PointPromptResult:
         """Three masks for positive point prompts ``points_xy`` (P, 2) in image pixel coordinates."""
@@ -93,15 +130,13 @@ class SamModels:
 
     def predict_point_sets(self, image: np.ndarray, point_sets: list[np.ndarray]) -> list[PointPromptResult]:
         """One :class:`PointPromptResult` per set of positive points; the image is embedded once."""
-        from segment_anything import SamPredictor
-
         check_image(image)
         point_sets = [np.asarray(points, dtype=np.float32).reshape(-1, 2) for points in point_sets]
         if any(len(points) == 0 for points in point_sets):
             raise ValueError("every set of point prompts needs at least one point")
         results = []
         with self._lock, torch.inference_mode():
-            predictor = SamPredictor(self.model)
+            predictor = self._shared_predictor()
             predictor.set_image(image)
             for points in point_sets:
                 masks, scores, _ = predictor.predict(
@@ -122,4 +157,5 @@ class SamModels:
         options = {**settings, **self.automatic_overrides}
         with self._lock, torch.inference_mode():
             generator = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **options)
+            generator.predictor = self._shared_predictor()
             return generator.generate(image)

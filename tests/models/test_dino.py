@@ -60,3 +60,19 @@ def test_sam_automatic_masks_tiny(tiny_models, image):
     for record in records:
         assert record["segmentation"].shape == image.shape[:2]
         assert record["segmentation"].dtype == bool
+
+
+def test_sam_embeds_an_image_once_for_points_and_automatic_masks(tiny_models, image):
+    sam = tiny_models.sam
+    calls = []
+    hook = sam.model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        other = image[::-1].copy()
+        sam.predict_point_sets(other, [np.array([[3.0, 4.0]]), np.array([[10.0, 10.0]])])
+        sam.automatic_masks(other, points_per_side=2)
+        sam.predict_points(other, np.array([[5.0, 5.0]]))
+        assert len(calls) == 1
+        sam.predict_points(image, np.array([[5.0, 5.0]]))
+        assert len(calls) == 2
+    finally:
+        hook.remove()
