@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "project_heads",
+    "merge_heads",
     "masked_softmax",
     "token_masks",
     "saliency",
@@ -19,6 +21,30 @@ __all__ = [
     "masked_attention_outputs",
     "run_masked_block",
 ]
+
+
+def project_heads(
+    attention: torch.nn.MultiheadAttention, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of a packed ``nn.MultiheadAttention``, split into heads.
+
+    Args:
+        attention: the attention module (``in_proj_weight``/``in_proj_bias`` packed as q, k, v).
+        hidden: (n, T, C) normalised tokens.
+
+    Returns:
+        q, k, v, each (n, heads, T, C / heads), unscaled.
+    """
+    count, length, channels = hidden.shape
+    heads = attention.num_heads
+    packed = F.linear(hidden, attention.in_proj_weight, attention.in_proj_bias)
+    return tuple(t.reshape(count, length, heads, channels // heads).transpose(1, 2) for t in packed.chunk(3, dim=-1))
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(n, heads, T, d) -> (n, T, heads * d): the inverse of the split in :func:`project_heads`."""
+    count, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(count, length, heads * head_dim)
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,19 +113,11 @@ def masked_attention_outputs(
     Returns:
         (masked, unmasked), each (K, L, C), heads concatenated.
     """
-    batch, length, channels = tokens.shape
-    heads = attention.num_heads
-    head_dim = channels // heads
-    qkv = F.linear(tokens, attention.in_proj_weight, attention.in_proj_bias)
-    q, k, v = (t.reshape(batch, length, heads, head_dim).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+    q, k, v = project_heads(attention, tokens)
     # Eq. 1 as an additive mask: softmax(x + log M); -inf where M = 0 (the class token keeps rows finite).
     log_mask = torch.log(key_weights.to(q.dtype))[:, None, None, :]
     masked = F.scaled_dot_product_attention(q, k, v, attn_mask=log_mask)
     unmasked = F.scaled_dot_product_attention(q, k, v)
-
-    def merge_heads(x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(1, 2).reshape(batch, length, channels)
-
     return merge_heads(masked), merge_heads(unmasked)
 
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from backend.models.segment_attention import merge_heads, project_heads
+
 __all__ = ["ClipTextEncoder", "PrefixState"]
 
 DEFAULT_BATCH_SIZE = 256
@@ -280,18 +282,9 @@ def _block_forward_prefix(block: torch.nn.Module, x: Tensor) -> tuple[Tensor, Te
     x: ``(n, T, width)``. Returns the new x and keys/values ``(n, heads, T, head_dim)``.
     """
     attention = block.attn
-    heads = attention.num_heads
-    count, length, width = x.shape
-    head_dim = width // heads
-    hidden = block.ln_1(x)
-    query, key, value = F.linear(hidden, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
-
-    def split_heads(tensor: Tensor) -> Tensor:
-        return tensor.reshape(count, length, heads, head_dim).transpose(1, 2)
-
-    query, key, value = split_heads(query), split_heads(key), split_heads(value)
+    query, key, value = project_heads(attention, block.ln_1(x))
     attended = F.scaled_dot_product_attention(query, key, value, is_causal=True)
-    attended = attention.out_proj(attended.transpose(1, 2).reshape(count, length, width))
+    attended = attention.out_proj(merge_heads(attended))
     x = x + block.ls_1(attended)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, key, value
@@ -311,16 +304,9 @@ def _block_forward_cached(
     softmax over [prefix keys < shared, tail keys causal], computed without copying the prefix cache.
     """
     attention = block.attn
-    heads = attention.num_heads
-    count, length, width = x.shape
-    head_dim = width // heads
-    hidden = block.ln_1(x)
-    query, key, value = F.linear(hidden, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
-
-    def split_heads(tensor: Tensor) -> Tensor:
-        return tensor.reshape(count, length, heads, head_dim).transpose(1, 2)
-
-    query, key, value = split_heads(query) * head_dim**-0.5, split_heads(key), split_heads(value)
+    length = x.shape[1]
+    query, key, value = project_heads(attention, block.ln_1(x))
+    query = query * query.shape[-1] ** -0.5
     causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
     tail_scores = (query @ key.transpose(-1, -2)).masked_fill(~causal, float("-inf"))  # (n, H, T, T)
     outputs = []
@@ -333,7 +319,7 @@ def _block_forward_cached(
         outputs.append(
             torch.einsum("nhtp,hpd->nhtd", prefix_weights, prefix_values) + tail_weights @ value[start:stop]
         )
-    attended = torch.cat(outputs).transpose(1, 2).reshape(count, length, width)
+    attended = merge_heads(torch.cat(outputs))
     x = x + block.ls_1(attention.out_proj(attended))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x
