@@ -54,7 +54,9 @@ def test_start_training_retrains_on_corrections_and_serves_the_new_module(prelab
     assert training["state"] == "succeeded", f"{training}\n{log_tail(backend.process.log_path)}"
     summary = training["last_result"]
     assert summary["classes"] == ["person", "dog", "cat", "tree", "sky", "road"]
-    assert summary["images"] == len(project.task_ids) and summary["regions"] >= 2 * len(project.task_ids)
+    # our two corrections, plus any earlier annotation of this shared project that kept class masks
+    assert summary["images"] >= len(project.task_ids) and summary["regions"] >= 2 * len(project.task_ids)
+    assert not summary["skipped_tasks"]
     checkpoints = list((backend.model_dir / "checkpoints" / "fmbseg").glob("*.safetensors"))
     assert [c.name for c in checkpoints] == [summary["checkpoint"].rsplit("/", 1)[-1]]
 
