@@ -253,9 +253,10 @@ class PseudoLabeler:
             similarity = torch.einsum("hwd,kd->khw", dense.patches, text[present])
             point_sets = [top_patch_centers(s, settings.points_per_class, sam_size) for s in similarity]
             answers = self.models.sam.predict_point_sets(sam_image, point_sets)
+            # SAM's input is the image squashed to sam_size: map the prompts back to image pixels
+            scale = np.array([image.shape[1] / sam_size[1], image.shape[0] / sam_size[0]], dtype=np.float32)
             for class_index, points, answer in zip(present, point_sets, answers):
                 best = int(np.argmax(answer.scores))
-                scale = np.array([image.shape[1] / sam_size[1], image.shape[0] / sam_size[0]], dtype=np.float32)
                 result.masks.append(
                     PseudoMask(
                         mask=resize_mask(answer.masks[best], image.shape[:2]),

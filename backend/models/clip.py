@@ -166,12 +166,6 @@ class ClipModel:
         """Unit-norm embedding (D,) of the whole image, resized (not cropped) to CLIP's input."""
         return F.normalize(self.model.encode_image(self._pixels(image)[None]), dim=-1)[0]
 
-    @torch.inference_mode()
-    def encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Unit-norm embeddings (n, D) of several images, one batch."""
-        batch = torch.stack([self._pixels(image) for image in images])
-        return F.normalize(self.model.encode_image(batch), dim=-1)
-
     # -------------------------------------------------------------- segments
     @torch.inference_mode()
     def segment_prefix(self, image: np.ndarray, settings: SegmentEncoding = SegmentEncoding()) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
 import numpy as np
@@ -206,6 +205,3 @@ class ZeroGuidanceSegmenter:
         if scale != 1.0:
             labels = cv2.resize(labels.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
         return labels.astype(np.int64)
-
-    def info(self) -> dict[str, Any]:
-        return {"model_version": self.model_version, "settings": self.settings.to_dict()}
