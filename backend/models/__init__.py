@@ -1,15 +1,30 @@
-"""Foundation models (CLIP, DINO, DINOv2, SAM, GPT-2, Sentence-BERT), built in one place from a preset."""
+"""Foundation models (CLIP, DINO, DINOv2, SAM, GPT-2, Sentence-BERT), built in one place from a preset.
 
-from .registry import PRESETS, FoundationModels, Preset, get_preset, list_presets, load_models, resolve_device
-from .weights import MissingWeightsError
+Names are imported on first use (PEP 562), so ``backend.models.presets`` and
+``backend.models.settings`` can be read without importing torch.
+"""
 
-__all__ = [
-    "PRESETS",
-    "FoundationModels",
-    "MissingWeightsError",
-    "Preset",
-    "get_preset",
-    "list_presets",
-    "load_models",
-    "resolve_device",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PRESETS": "presets",
+    "Preset": "presets",
+    "get_preset": "presets",
+    "list_presets": "presets",
+    "FoundationModels": "registry",
+    "load_models": "registry",
+    "resolve_device": "registry",
+    "MissingWeightsError": "weights",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
+from .presets import PRESETS, ClipSpec, Preset, SamSpec, TimmSpec, get_preset, list_presets
 from .weights import MissingWeightsError, local_weights_path
 
 __all__ = [
@@ -43,117 +43,6 @@ __all__ = [
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 TINY_SEED = 0
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """An open_clip model: architecture name and ``pretrained`` tag (None: random weights)."""
-
-    arch: str
-    pretrained: str | None
-    env_var: str = "CLIP_WEIGHTS"
-
-
-@dataclass(frozen=True)
-class TimmSpec:
-    """A timm model: ``name`` (``architecture.tag``), extra constructor arguments, weights variable."""
-
-    name: str
-    env_var: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SamSpec:
-    """A segment-anything model: registry kind (``vit_h``, ``vit_b``, or ``tiny``) and checkpoint."""
-
-    kind: str
-    checkpoint: str | None  # canonical file name of the official checkpoint
-    env_var: str = "SAM_CHECKPOINT"
-    automatic_overrides: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named choice of the five foundation models, and method settings that suit them.
-
-    Attributes:
-        name, description: what the preset is for.
-        clip, dino, dinov2, sam: the vision models.
-        language: GPT-2 variant for ZeroCap (``gpt2-medium``, ``gpt2``, ``tiny``).
-        random_weights: True for ``tiny`` only; nothing is loaded from disk or a hub.
-        method_overrides: per method (``"zeroguide"``, ``"fmbseg"``), settings fields that replace
-            the papers' defaults with this preset (e.g. a coarser DINO stride on a CPU).
-    """
-
-    name: str
-    description: str
-    clip: ClipSpec
-    dino: TimmSpec
-    dinov2: TimmSpec
-    sam: SamSpec
-    language: str
-    random_weights: bool = False
-    method_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    "paper": Preset(
-        name="paper",
-        description="The papers' models (GPU): CLIP ViT-L/14@336, DINO ViT-S/8, GPT-2 medium, SAM ViT-H, DINOv2 ViT-L/14.",
-        clip=ClipSpec("ViT-L-14-336-quickgelu", "openai"),
-        dino=TimmSpec("vit_small_patch8_224.dino", "DINO_WEIGHTS"),
-        dinov2=TimmSpec("vit_large_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
-        sam=SamSpec("vit_h", "sam_vit_h_4b8939.pth"),
-        language="gpt2-medium",
-    ),
-    "cpu": Preset(
-        name="cpu",
-        description="Serves a CPU user: CLIP ViT-B/16, DINO ViT-S/8 (stride 6), GPT-2, SAM ViT-B, DINOv2 ViT-S/14.",
-        clip=ClipSpec("ViT-B-16-quickgelu", "openai"),
-        dino=TimmSpec("vit_small_patch8_224.dino", "DINO_WEIGHTS"),
-        dinov2=TimmSpec("vit_small_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
-        sam=SamSpec("vit_b", "sam_vit_b_01ec64.pth"),
-        language="gpt2",
-        method_overrides={
-            # 37x37 DINO keys instead of 109x109 (0.7 s instead of tens of seconds on 2 cores),
-            # the CRF at 256 px: one 512x512 image in under 5 s (bench/bench_zeroguide.py).
-            "zeroguide": {"dino_stride": 6, "crf_max_side": 256},
-            # 4 crops of 224 on ViT-B/16 (56x56 map) instead of 36 crops for 1344.
-            "fmbseg": {"clip_image_size": 448, "sam_points_per_side": 16},
-        },
-    ),
-    "tiny": Preset(
-        name="tiny",
-        description="Tiny architectures with seeded random weights: tests only.",
-        clip=ClipSpec("zg-tiny-clip", None),
-        dino=TimmSpec("vit_small_patch8_224", "DINO_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}),
-        dinov2=TimmSpec(
-            "vit_small_patch14_dinov2", "DINOV2_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 112}
-        ),
-        sam=SamSpec("tiny", None, automatic_overrides={"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}),
-        language="tiny",
-        random_weights=True,
-        method_overrides={
-            "zeroguide": {"dino_image_size": 64, "dino_stride": 4, "n_clusters": 6},
-            "fmbseg": {"clip_image_size": 128, "dinov2_image_size": 112, "sam_image_size": 128, "sam_points_per_side": 4},
-        },
-    ),
-}
-
-
-def list_presets() -> list[str]:
-    return sorted(PRESETS)
-
-
-def get_preset(name: str | Preset) -> Preset:
-    """The preset of that name; unknown names list the valid ones."""
-    if isinstance(name, Preset):
-        return name
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(list_presets())}") from None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
