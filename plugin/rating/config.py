@@ -17,13 +17,20 @@ RATING_CONTROL = "rating"  # <Choices name="rating">: the 0-3 score
 LINK_KEYS = ("source_project", "source_task", "region")
 SCORES = tuple(level.score for level in RATING_SCALE)
 
+# Label Studio's editor (1.23; web/libs/editor: `setupHotKeys` in stores/Annotation/Annotation.js,
+# `makeComb` in core/Hotkey.ts) first binds every explicit ``hotkey`` attribute, then gives each
+# Label and Choice without one, in document order, the first key of "1234567890qwetasdfgzxcvbyiopjklnm"
+# not bound yet. Without explicit hotkeys the choices 0, 1, 2, 3 got the keys 1, 2, 3, 4, so pressing
+# "3" chose 2. Each score's choice therefore carries its own digit as hotkey.
+
 
 def rating_label_config() -> str:
     """The rating project's label config (Fig. 21 as Label Studio tags).
 
     Instruction, score definitions (visible, highest first as in Fig. 21), the rendered image,
-    the predicted text, and ``<Choices name="rating">`` with one radio button per score whose
-    ``hint`` (tooltip) is the score's name and appendix F definition. A rating is required.
+    the predicted text, and ``<Choices name="rating">`` with one radio button per score: stored
+    value and hotkey the score's digit, shown as "<digit> · <name>", ``hint`` (tooltip) the name and
+    appendix F definition. A rating is required.
     """
     view = ElementTree.Element("View")
 
@@ -50,7 +57,14 @@ def rating_label_config() -> str:
         required="true",
     )
     for level in RATING_SCALE:
-        ElementTree.SubElement(choices, "Choice", value=str(level.score), hint=f"{level.name}: {level.definition}")
+        ElementTree.SubElement(
+            choices,
+            "Choice",
+            value=str(level.score),  # the stored result: `score_of` and backend.evaluation read int(value)
+            hotkey=str(level.score),
+            html=f"{level.score} · {html.escape(level.name)}",  # shown instead of the value, not stored
+            hint=f"{level.name}: {level.definition}",
+        )
     ElementTree.indent(view)
     return ElementTree.tostring(view, encoding="unicode")
 
