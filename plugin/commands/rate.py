@@ -10,7 +10,8 @@ from pathlib import Path
 from backend.evaluation.rating import RATERS_PER_SEGMENT, RATING_SCALE, ScoreDistribution, score_distribution
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
-from plugin.rating import CollectedRatings, collect_ratings, prepare_rating_project
+from plugin.rating.collect import CollectedRatings, collect_ratings
+from plugin.rating.projects import prepare_rating_project
 
 NAME = "rate"
 HELP = "rate predicted segments 0-3 by three raters each (zero-guidance appendix F) and collect the scores"

@@ -27,7 +27,9 @@ from backend.evaluation.rating import RATING_INSTRUCTION, RATING_SCALE
 from plugin.cli import main
 from plugin.connection import ConnectionSettings, LabelStudioConnection
 from plugin.errors import PluginError
-from plugin.rating import highlight_segment, rating_image, rating_label_config, ratings_from_tasks, score_of
+from plugin.rating.collect import ratings_from_tasks, score_of
+from plugin.rating.config import rating_label_config
+from plugin.rating.render import highlight_segment, rating_image
 
 URL = "http://ls.test:8080"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
