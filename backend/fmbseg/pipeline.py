@@ -15,14 +15,12 @@ from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .inference import align_patch_grid, base_label_map, refined_label_map
 from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
+from .checkpoints import AlignmentCheckpoint, CheckpointError, load_alignment_checkpoint
 from .settings import FMbSegSettings
 from .training import (
-    AlignmentCheckpoint,
-    CheckpointError,
     TrainingExample,
     TrainingProgress,
     TrainingSettings,
-    load_alignment_checkpoint,
     patch_labels_from_masks,
     train_alignment_module,
 )

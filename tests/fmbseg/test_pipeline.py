@@ -11,7 +11,8 @@ from PIL import Image
 from backend.fmbseg import FMbSegPredictor, LabelledMask
 from backend.fmbseg.__main__ import main as cli_main
 from backend.fmbseg.alignment import AlignmentModuleConfig
-from backend.fmbseg.training import CheckpointError, TrainingSettings
+from backend.fmbseg.checkpoints import CheckpointError
+from backend.fmbseg.training import TrainingSettings
 from backend.outputs import decode_rle
 
 CLASSES = ["cat", "dog", "sky"]
@@ -90,7 +91,7 @@ def test_class_list_must_match_the_checkpoint(trained, image):
 
 def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_path):
     from backend.fmbseg.alignment import build_from_config
-    from backend.fmbseg.training import AlignmentCheckpoint
+    from backend.fmbseg.checkpoints import AlignmentCheckpoint
 
     _, checkpoint, _, _ = trained
     config = AlignmentModuleConfig(kind="linear", in_dim=1024, out_dim=768)

@@ -10,15 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from backend.fmbseg.alignment import AlignmentModuleConfig
-from backend.fmbseg.loss import LossSettings
-from backend.fmbseg.training import (
+from backend.fmbseg.checkpoints import (
     AlignmentCheckpoint,
     CheckpointError,
+    load_alignment_checkpoint,
+    save_alignment_checkpoint,
+)
+from backend.fmbseg.loss import LossSettings
+from backend.fmbseg.training import (
     TrainingExample,
     TrainingSettings,
-    load_alignment_checkpoint,
     patch_labels_from_masks,
-    save_alignment_checkpoint,
     select_stage12_masks,
     train_alignment_module,
 )
