@@ -1,7 +1,8 @@
 """Alignment checkpoints: the trained module M with what it was trained for, as safetensors.
 
 A checkpoint file holds M's weights, the (K, D) class text features t_k it was aligned to, the
-class list, module config, Stage-2 training settings and a version; files written during
+class list, module config, Stage-2 training settings, the method settings (``FMbSegSettings``)
+it was trained with, and a version; files written during
 training also hold the optimiser, scheduler and shuffle state to resume from. Files are written
 atomically (temporary file, then ``os.replace``).
 """
@@ -13,10 +14,10 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -27,13 +28,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "FEATURE_SETTINGS",
     "AlignmentCheckpoint",
     "CheckpointError",
+    "check_feature_settings",
     "load_alignment_checkpoint",
     "save_alignment_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "fmbseg-alignment/1"
+
+# The FMbSegSettings fields that change what M sees, so serving must use the training values:
+#   dinov2_image_size: the DINOv2 input side; it sets the patch grid (h, w) = side / 14 and the
+#       patch features x themselves (interpolated position embeddings, other image detail), and
+#       M's self-attention runs over those h*w patches.
+#   prompt_template: the text of each class, hence the CLIP text features t_k that M's outputs z
+#       were aligned to (Eq. 1) and that prediction scores them against (z . t_k).
+# The other fields only shape Stage 1 pseudo-labels (training data) or the SAM refinement at
+# prediction time: serving may change them.
+FEATURE_SETTINGS = ("dinov2_image_size", "prompt_template")
 
 
 class CheckpointError(ValueError):
@@ -46,7 +59,9 @@ class AlignmentCheckpoint:
 
     module: the AlignmentModule (eval mode); classes: the K class names, in label order;
     text_embeddings: (K, D) the text features it was trained against; epochs_completed;
-    loss_history: the mean loss of each completed epoch; version: "<content hash>-<UTC time>".
+    loss_history: the mean loss of each completed epoch; version: "<content hash>-<UTC time>";
+    method_settings: ``FMbSegSettings.to_dict()`` of the training run ({} when not recorded, as
+    in files written before it was), for ``check_feature_settings``.
     """
 
     module: AlignmentModule
@@ -57,6 +72,7 @@ class AlignmentCheckpoint:
     epochs_completed: int
     loss_history: tuple[float, ...]
     version: str
+    method_settings: dict[str, Any] = field(default_factory=dict)  # JSON values
 
 
 def _content_hash(module: torch.nn.Module) -> str:
@@ -104,6 +120,7 @@ def _checkpoint_payload(
         "settings": json.dumps(checkpoint.settings.to_dict()),
         "epochs_completed": str(checkpoint.epochs_completed),
         "loss_history": json.dumps(list(checkpoint.loss_history)),
+        "method_settings": json.dumps(checkpoint.method_settings),
     }
     if training_state is not None:
         optimizer_state = training_state["optimizer"]
@@ -176,6 +193,9 @@ def _parse_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         loss_history = tuple(float(v) for v in json.loads(metadata["loss_history"]))
         version = metadata["version"]
         text_embeddings = tensors["text_embeddings"]
+        method_settings = json.loads(metadata.get("method_settings", "{}"))  # absent in older files
+        if not isinstance(method_settings, dict):
+            raise TypeError(f"method_settings is a {type(method_settings).__name__}, not a JSON object")
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"Checkpoint {str(path)!r} has damaged metadata: {error!r}") from error
     module = AlignmentModule(module_config)
@@ -194,6 +214,7 @@ def _parse_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         epochs_completed=epochs_completed,
         loss_history=loss_history,
         version=version,
+        method_settings=method_settings,
     )
 
 
@@ -216,3 +237,22 @@ def load_alignment_checkpoint(
         _check_classes(expected_classes, checkpoint.classes, path)
     checkpoint.module.to(map_location)
     return dataclasses.replace(checkpoint, text_embeddings=checkpoint.text_embeddings.to(map_location))
+
+
+def check_feature_settings(checkpoint: AlignmentCheckpoint, settings: Mapping[str, Any]) -> None:
+    """Raise CheckpointError if ``settings`` (``FMbSegSettings.to_dict()`` of the predictor that
+    would serve ``checkpoint``) differ from the training run's in a ``FEATURE_SETTINGS`` field.
+
+    Only recorded values are compared: a checkpoint without method settings passes.
+    """
+    stored = checkpoint.method_settings
+    changed = [
+        f"{name}: {stored[name]!r} in the checkpoint, {settings.get(name)!r} here"
+        for name in FEATURE_SETTINGS
+        if name in stored and stored[name] != settings.get(name)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"alignment checkpoint {checkpoint.version} was trained with other feature settings "
+            f"({'; '.join(changed)}): serve it with the training values, or retrain"
+        )

@@ -15,7 +15,7 @@ from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .inference import align_patch_grid, base_label_map, refined_label_map
 from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
-from .checkpoints import AlignmentCheckpoint, CheckpointError, load_alignment_checkpoint
+from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .settings import FMbSegSettings
 from .training import (
     TrainingExample,
@@ -100,7 +100,11 @@ class FMbSegPredictor:
         return self._checkpoint
 
     def load_checkpoint(self, checkpoint: AlignmentCheckpoint | str | os.PathLike) -> AlignmentCheckpoint:
-        """Serve this alignment module from now on (thread-safe)."""
+        """Serve this alignment module from now on (thread-safe).
+
+        Raises CheckpointError if it maps other feature sizes than this preset's, or was trained
+        with other feature settings (``FEATURE_SETTINGS``: DINOv2 input size, prompt template).
+        """
         if not isinstance(checkpoint, AlignmentCheckpoint):
             path = Path(checkpoint)
             if not path.exists():
@@ -113,6 +117,7 @@ class FMbSegPredictor:
                 f"{self.models.preset.name!r} has {self.models.dinov2.embed_dim}-d DINOv2 and "
                 f"{self.models.clip.embed_dim}-d CLIP features"
             )
+        check_feature_settings(checkpoint, self.settings.to_dict())
         checkpoint.module.to(self.models.device).eval()
         with self._lock:
             self._checkpoint = checkpoint
@@ -196,6 +201,7 @@ class FMbSegPredictor:
             callback=callback,
             progress_bar=progress_bar,
             device=self.models.device,
+            method_settings=self.settings.to_dict(),
         )
         if serve:
             self.load_checkpoint(checkpoint)

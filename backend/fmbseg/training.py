@@ -327,6 +327,7 @@ def train_alignment_module(
     callback: Callable[[TrainingProgress], None] | None = None,
     progress_bar: bool = True,
     device: str | torch.device = "cpu",
+    method_settings: Mapping[str, Any] | None = None,
 ) -> AlignmentCheckpoint:
     """Train the alignment module M on pseudo-labelled images (section 3.3).
 
@@ -337,6 +338,8 @@ def train_alignment_module(
         data must match it, else CheckpointError.
     callback: called with a ``TrainingProgress`` after each step and at each epoch's end; an
         exception raised in it stops training, and the last checkpoint stays valid.
+    method_settings: the method's settings (``FMbSegSettings.to_dict()``), recorded in the
+        checkpoint so serving can check its features match (``check_feature_settings``).
     Returns the trained module (eval mode) with its record, as ``load_alignment_checkpoint``.
     """
     from tqdm.auto import tqdm
@@ -347,6 +350,7 @@ def train_alignment_module(
     texts = F.normalize(text_embeddings.detach().float(), dim=-1)
     fingerprint = _data_fingerprint(examples)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    recorded_settings = dict(method_settings or {})
 
     module = build_from_config(module_config, seed=settings.seed).to(device)
     optimizer = torch.optim.SGD(
@@ -430,6 +434,7 @@ def train_alignment_module(
                     epochs_completed=epoch + 1,
                     loss_history=tuple(loss_history),
                     version=_new_version(module),
+                    method_settings=recorded_settings,
                 )
                 version = record.version
                 tensors, metadata = _checkpoint_payload(
@@ -468,4 +473,5 @@ def train_alignment_module(
         epochs_completed=settings.epochs,
         loss_history=tuple(loss_history),
         version=version if path is not None and version is not None else _new_version(module),
+        method_settings=recorded_settings,
     )

@@ -11,7 +11,7 @@ from PIL import Image
 from backend.fmbseg import FMbSegPredictor, LabelledMask
 from backend.fmbseg.__main__ import main as cli_main
 from backend.fmbseg.alignment import AlignmentModuleConfig
-from backend.fmbseg.checkpoints import CheckpointError
+from backend.fmbseg.checkpoints import CheckpointError, load_alignment_checkpoint
 from backend.fmbseg.training import TrainingSettings
 from backend.outputs import decode_rle
 
@@ -103,6 +103,39 @@ def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_p
         FMbSegPredictor(predictor.models, predictor.settings).load_checkpoint(wrong)
     with pytest.raises(CheckpointError, match="no alignment checkpoint"):
         FMbSegPredictor(predictor.models, predictor.settings, checkpoint=tmp_path / "missing.safetensors")
+
+
+def _without_method_settings(path, target):
+    """A copy of a checkpoint file as written before checkpoints recorded method settings."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    del metadata["method_settings"]
+    save_file(load_file(str(path)), str(target), metadata)
+    return target
+
+
+def test_checkpoint_records_the_method_settings(predictor, trained, tmp_path):
+    _, checkpoint, path, _ = trained
+    assert checkpoint.method_settings == predictor.settings.to_dict()
+    assert load_alignment_checkpoint(path).method_settings == predictor.settings.to_dict()
+    same = FMbSegPredictor(predictor.models, predictor.settings.replace(refine=False), checkpoint=path)
+    assert same.checkpoint.version == checkpoint.version  # refine is not a feature setting
+
+    other = predictor.settings.replace(dinov2_image_size=140, prompt_template="a {}")
+    with pytest.raises(CheckpointError) as error:
+        FMbSegPredictor(predictor.models, other, checkpoint=path)
+    message = str(error.value)
+    assert "dinov2_image_size: 112 in the checkpoint, 140 here" in message
+    assert "prompt_template: 'a photo of a {}' in the checkpoint, 'a {}' here" in message
+    with pytest.raises(CheckpointError, match="dinov2_image_size"):
+        FMbSegPredictor(predictor.models, other).load_checkpoint(checkpoint)  # a record, not a file
+
+    old = load_alignment_checkpoint(_without_method_settings(path, tmp_path / "old.safetensors"))
+    assert old.method_settings == {}
+    assert FMbSegPredictor(predictor.models, other, checkpoint=old).checkpoint is old  # nothing to check
 
 
 def test_unknown_correction_class_is_refused(predictor, image):
