@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -13,9 +12,10 @@ import torch
 
 from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
+from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .inference import align_patch_grid, base_label_map, refined_label_map
 from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
-from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
+from .results import ClassMaskPrediction, LabelledMask
 from .settings import FMbSegSettings
 from .training import (
     TrainingExample,
@@ -25,51 +25,7 @@ from .training import (
     train_alignment_module,
 )
 
-__all__ = ["ClassMaskPrediction", "FMbSegPredictor", "LabelledMask"]
-
-Source = str  # "stage1" | "stage2-base" | "stage2-refined"
-
-
-@dataclass
-class LabelledMask:
-    """A mask with a class, for training from pseudo-labels or from human corrections.
-
-    ``source`` is ``"1.1"``, ``"1.2"`` (Stage 1) or ``"human"`` (a correction; trained like 1.1:
-    always kept, painted on top).
-    """
-
-    mask: np.ndarray
-    class_name: str
-    source: str = "human"
-
-
-@dataclass
-class ClassMaskPrediction:
-    """Class masks for one image.
-
-    Attributes:
-        label_map: (H, W) int, index into ``classes``; -1 where nothing was predicted.
-        classes: the class list, in label order.
-        source: ``"stage1"`` (no trained alignment module yet: Stage 1 pseudo-labels),
-            ``"stage2-base"`` or ``"stage2-refined"``.
-        model_version: preset, settings fingerprint and alignment checkpoint version.
-        random_weights: True when the foundation models have random weights (``tiny``).
-    """
-
-    label_map: np.ndarray
-    classes: list[str]
-    source: Source
-    model_version: str
-    random_weights: bool
-
-    @property
-    def class_masks(self) -> dict[str, np.ndarray]:
-        """``{class: (H, W) bool}`` for every class that covers at least one pixel."""
-        return {
-            name: self.label_map == index
-            for index, name in enumerate(self.classes)
-            if (self.label_map == index).any()
-        }
+__all__ = ["ClassMaskPrediction", "FMbSegPredictor", "LabelledMask"]  # the result types live in results.py
 
 
 class FMbSegPredictor:
@@ -122,6 +78,12 @@ class FMbSegPredictor:
         with self._lock:
             self._checkpoint = checkpoint
         return checkpoint
+
+    def trained_classes(self) -> list[str] | None:
+        """The class list the served alignment module was trained for, in label order (None: Stage 1)."""
+        with self._lock:
+            checkpoint = self._checkpoint
+        return None if checkpoint is None else list(checkpoint.classes)
 
     @property
     def model_version(self) -> str:

@@ -48,6 +48,7 @@ def trained(predictor, image, tmp_path_factory):
 def test_without_checkpoint_stage1_is_served(predictor, image):
     result = predictor.predict(image, CLASSES)
     assert result.source == "stage1" and result.random_weights
+    assert predictor.trained_classes() is None
     assert np.array_equal(result.label_map, predictor.pseudo_label(image, CLASSES).label_map())
     assert "stage1" in result.model_version and result.model_version.startswith("fmbseg-tiny-")
 
@@ -61,8 +62,10 @@ def test_human_corrections_become_patch_labels(trained):
 
 def test_base_prediction_matches_an_independent_computation(trained, image):
     predictor, checkpoint, _, _ = trained
+    assert predictor.trained_classes() == CLASSES
     result = predictor.predict(image, CLASSES, refine=False)
     assert result.source == "stage2-base" and checkpoint.version in result.model_version
+    assert type(result.label_map) is np.ndarray and result.label_map.dtype == np.int64
     with torch.no_grad():
         features = predictor.models.dinov2(image, predictor.settings.dinov2_image_size)  # (8, 8, C)
         z = F.normalize(checkpoint.module(features.reshape(1, 64, -1)), dim=-1).reshape(8, 8, -1)
