@@ -1,9 +1,41 @@
-"""The types that cross the service boundary: numpy arrays and plain values."""
+"""The types that cross the service boundary: numpy and plain values, importable without torch."""
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backend.fmbseg.results import ClassMaskPrediction, LabelledMask
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _without_torch(code: str, stdin: bytes = b"") -> None:
+    """Run ``code`` in a fresh interpreter, then fail if it imported torch."""
+    check = f"{code}\nimport sys\nassert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, input=stdin, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_results_import_without_torch():
+    _without_torch("import backend.fmbseg.results")
+
+
+def test_the_package_imports_lazily():
+    _without_torch("import backend.fmbseg\nfrom backend.fmbseg import ClassMaskPrediction, LabelledMask")
+
+
+def test_a_pickled_prediction_loads_without_torch():
+    prediction = ClassMaskPrediction(np.array([[0, 1], [-1, 1]]), ["cat", "dog"], "stage2-base", "v1", False)
+    _without_torch(
+        "import pickle, sys\n"
+        "prediction = pickle.load(sys.stdin.buffer)\n"
+        "assert sorted(prediction.class_masks) == ['cat', 'dog'] and prediction.label_map.dtype.kind == 'i'",
+        stdin=pickle.dumps(prediction),
+    )
 
 
 def test_prediction_fields_are_plain():
