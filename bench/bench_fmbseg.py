@@ -21,7 +21,8 @@ import torch
 
 from backend.fmbseg import FMbSegPredictor
 from backend.fmbseg.alignment import build_from_config
-from backend.fmbseg.training import AlignmentCheckpoint, TrainingSettings
+from backend.fmbseg.checkpoints import AlignmentCheckpoint
+from backend.fmbseg.training import TrainingSettings
 from backend.models.registry import FoundationModels
 
 RESULTS = Path(__file__).with_name("results") / "fmbseg.json"

@@ -4,9 +4,37 @@ Library code: no Label Studio, no web framework. Entry points:
 
     FMbSegPredictor(models, settings, checkpoint).predict(image, classes) -> ClassMaskPrediction
     python -m backend.fmbseg pseudo-label | train | predict
+
+The names below are imported on first use (PEP 562), so that ``backend.fmbseg.results`` and
+``backend.fmbseg.settings`` load without torch: the service's HTTP process never imports it.
 """
 
-from .pipeline import ClassMaskPrediction, FMbSegPredictor, LabelledMask
-from .settings import FMbSegSettings
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pipeline import FMbSegPredictor
+    from .results import ClassMaskPrediction, LabelledMask
+    from .settings import FMbSegSettings
+
+_SUBMODULE = {  # exported name -> the submodule defining it
+    "ClassMaskPrediction": "results",
+    "FMbSegPredictor": "pipeline",
+    "FMbSegSettings": "settings",
+    "LabelledMask": "results",
+}
 __all__ = ["ClassMaskPrediction", "FMbSegPredictor", "FMbSegSettings", "LabelledMask"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _SUBMODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -18,11 +18,12 @@ import numpy as np
 from ..models import MissingWeightsError, list_presets, load_models
 from ..outputs import IMAGE_SUFFIXES, ReadableImages, draw_overlay, encode_rle, write_json
 from .alignment import ALIGNMENT_KINDS
+from .checkpoints import CheckpointError, load_alignment_checkpoint
 from .loss import LossSettings
 from .pipeline import FMbSegPredictor
 from .pseudo_labels import PseudoLabels
 from .settings import FMbSegSettings
-from .training import CheckpointError, TrainingSettings, load_alignment_checkpoint
+from .training import TrainingSettings
 
 log = logging.getLogger("backend.fmbseg")
 TINY_BANNER = "tiny preset: random weights, not a real result"

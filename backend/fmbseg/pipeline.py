@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -13,65 +12,20 @@ import torch
 
 from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
+from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .inference import align_patch_grid, base_label_map, refined_label_map
 from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
+from .results import ClassMaskPrediction, LabelledMask
 from .settings import FMbSegSettings
 from .training import (
-    AlignmentCheckpoint,
-    CheckpointError,
     TrainingExample,
     TrainingProgress,
     TrainingSettings,
-    load_alignment_checkpoint,
     patch_labels_from_masks,
     train_alignment_module,
 )
 
-__all__ = ["ClassMaskPrediction", "FMbSegPredictor", "LabelledMask"]
-
-Source = str  # "stage1" | "stage2-base" | "stage2-refined"
-
-
-@dataclass
-class LabelledMask:
-    """A mask with a class, for training from pseudo-labels or from human corrections.
-
-    ``source`` is ``"1.1"``, ``"1.2"`` (Stage 1) or ``"human"`` (a correction; trained like 1.1:
-    always kept, painted on top).
-    """
-
-    mask: np.ndarray
-    class_name: str
-    source: str = "human"
-
-
-@dataclass
-class ClassMaskPrediction:
-    """Class masks for one image.
-
-    Attributes:
-        label_map: (H, W) int, index into ``classes``; -1 where nothing was predicted.
-        classes: the class list, in label order.
-        source: ``"stage1"`` (no trained alignment module yet: Stage 1 pseudo-labels),
-            ``"stage2-base"`` or ``"stage2-refined"``.
-        model_version: preset, settings fingerprint and alignment checkpoint version.
-        random_weights: True when the foundation models have random weights (``tiny``).
-    """
-
-    label_map: np.ndarray
-    classes: list[str]
-    source: Source
-    model_version: str
-    random_weights: bool
-
-    @property
-    def class_masks(self) -> dict[str, np.ndarray]:
-        """``{class: (H, W) bool}`` for every class that covers at least one pixel."""
-        return {
-            name: self.label_map == index
-            for index, name in enumerate(self.classes)
-            if (self.label_map == index).any()
-        }
+__all__ = ["ClassMaskPrediction", "FMbSegPredictor", "LabelledMask"]  # the result types live in results.py
 
 
 class FMbSegPredictor:
@@ -102,7 +56,11 @@ class FMbSegPredictor:
         return self._checkpoint
 
     def load_checkpoint(self, checkpoint: AlignmentCheckpoint | str | os.PathLike) -> AlignmentCheckpoint:
-        """Serve this alignment module from now on (thread-safe)."""
+        """Serve this alignment module from now on (thread-safe).
+
+        Raises CheckpointError if it maps other feature sizes than this preset's, or was trained
+        with other feature settings (``FEATURE_SETTINGS``: DINOv2 input size, prompt template).
+        """
         if not isinstance(checkpoint, AlignmentCheckpoint):
             path = Path(checkpoint)
             if not path.exists():
@@ -115,10 +73,17 @@ class FMbSegPredictor:
                 f"{self.models.preset.name!r} has {self.models.dinov2.embed_dim}-d DINOv2 and "
                 f"{self.models.clip.embed_dim}-d CLIP features"
             )
+        check_feature_settings(checkpoint, self.settings.to_dict())
         checkpoint.module.to(self.models.device).eval()
         with self._lock:
             self._checkpoint = checkpoint
         return checkpoint
+
+    def trained_classes(self) -> list[str] | None:
+        """The class list the served alignment module was trained for, in label order (None: Stage 1)."""
+        with self._lock:
+            checkpoint = self._checkpoint
+        return None if checkpoint is None else list(checkpoint.classes)
 
     @property
     def model_version(self) -> str:
@@ -198,6 +163,7 @@ class FMbSegPredictor:
             callback=callback,
             progress_bar=progress_bar,
             device=self.models.device,
+            method_settings=self.settings.to_dict(),
         )
         if serve:
             self.load_checkpoint(checkpoint)

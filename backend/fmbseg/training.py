@@ -7,9 +7,7 @@ features are computed once per image and Stage 2 only runs the small alignment m
    class and a source, "1.1" or "1.2") into pseudo labels y on the encoder's patch grid.
 2. ``train_alignment_module`` optimises M with the Stage-2 loss (``loss.py``): SGD, cosine
    annealing, 5 images a batch, 10 epochs (section 4.1). It writes a checkpoint after every
-   epoch (safetensors, atomically) and resumes from it.
-3. ``load_alignment_checkpoint`` / ``save_alignment_checkpoint`` read and write the module with
-   its class list, settings and version.
+   epoch (``checkpoints.py``: safetensors, atomically) and resumes from it.
 """
 
 from __future__ import annotations
@@ -19,9 +17,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -30,17 +26,25 @@ import torch
 import torch.nn.functional as F
 
 from .alignment import AlignmentModule, AlignmentModuleConfig, build_from_config
+from .checkpoints import (  # noqa: F401 (re-exported: callers import checkpoint names from here)
+    CHECKPOINT_FORMAT,
+    AlignmentCheckpoint,
+    CheckpointError,
+    _check_classes,
+    _checkpoint_payload,
+    _new_version,
+    _parse_checkpoint,
+    _read_checkpoint,
+    _write_atomically,
+    load_alignment_checkpoint,
+    save_alignment_checkpoint,
+)
 from .loss import LossSettings, alignment_loss
 
 STAGE_1_1 = "1.1"  # masks from SAM queried with CLIP points (section 3.2.1)
 STAGE_1_2 = "1.2"  # SAM automatic masks classified with CLIP (section 3.2.2)
 MASK_SOURCES = (STAGE_1_1, STAGE_1_2)
 IGNORE_LABEL = -1
-CHECKPOINT_FORMAT = "fmbseg-alignment/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: not ours, damaged, or for other classes/settings."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,187 +219,6 @@ class TrainingProgress:
     checkpoint_path: Path | None = None
 
 
-@dataclass(frozen=True)
-class AlignmentCheckpoint:
-    """A trained (or partly trained) alignment module and what it was trained for.
-
-    module: the AlignmentModule (eval mode); classes: the K class names, in label order;
-    text_embeddings: (K, D) the text features it was trained against; epochs_completed;
-    loss_history: the mean loss of each completed epoch; version: "<content hash>-<UTC time>".
-    """
-
-    module: AlignmentModule
-    classes: tuple[str, ...]
-    text_embeddings: torch.Tensor
-    module_config: AlignmentModuleConfig
-    settings: TrainingSettings
-    epochs_completed: int
-    loss_history: tuple[float, ...]
-    version: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoint files
-# ---------------------------------------------------------------------------------------------
-
-
-def _content_hash(module: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
-def _new_version(module: torch.nn.Module) -> str:
-    return f"{_content_hash(module)}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
-
-
-def _write_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace``: a crash mid-write
-    leaves the previous checkpoint untouched."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, temporary, metadata)
-        with open(temporary, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _checkpoint_payload(
-    checkpoint: AlignmentCheckpoint,
-    training_state: dict[str, Any] | None,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors = {f"module.{k}": v for k, v in checkpoint.module.state_dict().items()}
-    tensors["text_embeddings"] = checkpoint.text_embeddings
-    metadata = {
-        "format": CHECKPOINT_FORMAT,
-        "version": checkpoint.version,
-        "classes": json.dumps(list(checkpoint.classes)),
-        "module": json.dumps(checkpoint.module_config.to_dict()),
-        "settings": json.dumps(checkpoint.settings.to_dict()),
-        "epochs_completed": str(checkpoint.epochs_completed),
-        "loss_history": json.dumps(list(checkpoint.loss_history)),
-    }
-    if training_state is not None:
-        optimizer_state = training_state["optimizer"]
-        for index, values in optimizer_state["state"].items():
-            for key, value in values.items():
-                if not torch.is_tensor(value):
-                    raise TypeError(f"Optimizer state {key!r} is not a tensor; cannot store it.")
-                tensors[f"optimizer.state.{index}.{key}"] = value
-        tensors["rng.shuffle"] = training_state["shuffle_rng"]
-        metadata["optimizer_param_groups"] = json.dumps(optimizer_state["param_groups"])
-        metadata["scheduler"] = json.dumps(training_state["scheduler"])
-        metadata["data_fingerprint"] = training_state["data_fingerprint"]
-    return tensors, metadata
-
-
-def save_alignment_checkpoint(checkpoint: AlignmentCheckpoint, path: str | os.PathLike) -> Path:
-    """Write a checkpoint (module, classes, text features, settings, version) without training
-    state, atomically. Returns the path."""
-    path = Path(path)
-    tensors, metadata = _checkpoint_payload(checkpoint, None)
-    _write_atomically(path, tensors, metadata)
-    return path
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    if not path.is_file():
-        raise FileNotFoundError(f"No FMbSeg alignment checkpoint at {str(path)!r}.")
-    try:
-        with safe_open(str(path), framework="pt") as reader:
-            metadata = dict(reader.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{str(path)!r} is not an FMbSeg alignment checkpoint "
-            f"(format {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r})."
-        )
-    return tensors, metadata
-
-
-def _check_classes(expected: Sequence[str], stored: Sequence[str], path: Path) -> None:
-    expected, stored = list(expected), list(stored)
-    if expected == stored:
-        return
-    only_expected = [c for c in expected if c not in stored]
-    only_stored = [c for c in stored if c not in expected]
-    detail = (
-        "same classes in a different order"
-        if not only_expected and not only_stored and len(expected) == len(stored)
-        else f"missing from the checkpoint: {only_expected}; only in the checkpoint: {only_stored}"
-    )
-    raise CheckpointError(
-        f"Class list differs from checkpoint {str(path)!r} ({detail}).\n"
-        f"  requested ({len(expected)}): {expected}\n  checkpoint ({len(stored)}): {stored}"
-    )
-
-
-def _parse_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> AlignmentCheckpoint:
-    try:
-        classes = tuple(json.loads(metadata["classes"]))
-        module_config = AlignmentModuleConfig.from_dict(json.loads(metadata["module"]))
-        settings = TrainingSettings.from_dict(json.loads(metadata["settings"]))
-        epochs_completed = int(metadata["epochs_completed"])
-        loss_history = tuple(float(v) for v in json.loads(metadata["loss_history"]))
-        version = metadata["version"]
-        text_embeddings = tensors["text_embeddings"]
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"Checkpoint {str(path)!r} has damaged metadata: {error!r}") from error
-    module = AlignmentModule(module_config)
-    state = {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")}
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"Checkpoint {str(path)!r} does not fit its module config: {error}") from error
-    module.eval()
-    return AlignmentCheckpoint(
-        module=module,
-        classes=classes,
-        text_embeddings=text_embeddings,
-        module_config=module_config,
-        settings=settings,
-        epochs_completed=epochs_completed,
-        loss_history=loss_history,
-        version=version,
-    )
-
-
-def load_alignment_checkpoint(
-    path: str | os.PathLike,
-    *,
-    expected_classes: Sequence[str] | None = None,
-    map_location: str | torch.device = "cpu",
-) -> AlignmentCheckpoint:
-    """Read a checkpoint written by training or ``save_alignment_checkpoint``.
-
-    Raises FileNotFoundError if there is no file, CheckpointError if it is not an FMbSeg
-    alignment checkpoint, or if ``expected_classes`` (when given) differs from the stored class
-    list (the message lists both).
-    """
-    path = Path(path)
-    tensors, metadata = _read_checkpoint(path)
-    checkpoint = _parse_checkpoint(path, tensors, metadata)
-    if expected_classes is not None:
-        _check_classes(expected_classes, checkpoint.classes, path)
-    checkpoint.module.to(map_location)
-    return dataclasses.replace(checkpoint, text_embeddings=checkpoint.text_embeddings.to(map_location))
-
-
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +327,7 @@ def train_alignment_module(
     callback: Callable[[TrainingProgress], None] | None = None,
     progress_bar: bool = True,
     device: str | torch.device = "cpu",
+    method_settings: Mapping[str, Any] | None = None,
 ) -> AlignmentCheckpoint:
     """Train the alignment module M on pseudo-labelled images (section 3.3).
 
@@ -514,6 +338,8 @@ def train_alignment_module(
         data must match it, else CheckpointError.
     callback: called with a ``TrainingProgress`` after each step and at each epoch's end; an
         exception raised in it stops training, and the last checkpoint stays valid.
+    method_settings: the method's settings (``FMbSegSettings.to_dict()``), recorded in the
+        checkpoint so serving can check its features match (``check_feature_settings``).
     Returns the trained module (eval mode) with its record, as ``load_alignment_checkpoint``.
     """
     from tqdm.auto import tqdm
@@ -524,6 +350,7 @@ def train_alignment_module(
     texts = F.normalize(text_embeddings.detach().float(), dim=-1)
     fingerprint = _data_fingerprint(examples)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
+    recorded_settings = dict(method_settings or {})
 
     module = build_from_config(module_config, seed=settings.seed).to(device)
     optimizer = torch.optim.SGD(
@@ -607,6 +434,7 @@ def train_alignment_module(
                     epochs_completed=epoch + 1,
                     loss_history=tuple(loss_history),
                     version=_new_version(module),
+                    method_settings=recorded_settings,
                 )
                 version = record.version
                 tensors, metadata = _checkpoint_payload(
@@ -645,4 +473,5 @@ def train_alignment_module(
         epochs_completed=settings.epochs,
         loss_history=tuple(loss_history),
         version=version if path is not None and version is not None else _new_version(module),
+        method_settings=recorded_settings,
     )

@@ -11,7 +11,8 @@ from PIL import Image
 from backend.fmbseg import FMbSegPredictor, LabelledMask
 from backend.fmbseg.__main__ import main as cli_main
 from backend.fmbseg.alignment import AlignmentModuleConfig
-from backend.fmbseg.training import CheckpointError, TrainingSettings
+from backend.fmbseg.checkpoints import CheckpointError, load_alignment_checkpoint
+from backend.fmbseg.training import TrainingSettings
 from backend.outputs import decode_rle
 
 CLASSES = ["cat", "dog", "sky"]
@@ -47,6 +48,7 @@ def trained(predictor, image, tmp_path_factory):
 def test_without_checkpoint_stage1_is_served(predictor, image):
     result = predictor.predict(image, CLASSES)
     assert result.source == "stage1" and result.random_weights
+    assert predictor.trained_classes() is None
     assert np.array_equal(result.label_map, predictor.pseudo_label(image, CLASSES).label_map())
     assert "stage1" in result.model_version and result.model_version.startswith("fmbseg-tiny-")
 
@@ -60,8 +62,10 @@ def test_human_corrections_become_patch_labels(trained):
 
 def test_base_prediction_matches_an_independent_computation(trained, image):
     predictor, checkpoint, _, _ = trained
+    assert predictor.trained_classes() == CLASSES
     result = predictor.predict(image, CLASSES, refine=False)
     assert result.source == "stage2-base" and checkpoint.version in result.model_version
+    assert type(result.label_map) is np.ndarray and result.label_map.dtype == np.int64
     with torch.no_grad():
         features = predictor.models.dinov2(image, predictor.settings.dinov2_image_size)  # (8, 8, C)
         z = F.normalize(checkpoint.module(features.reshape(1, 64, -1)), dim=-1).reshape(8, 8, -1)
@@ -90,7 +94,7 @@ def test_class_list_must_match_the_checkpoint(trained, image):
 
 def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_path):
     from backend.fmbseg.alignment import build_from_config
-    from backend.fmbseg.training import AlignmentCheckpoint
+    from backend.fmbseg.checkpoints import AlignmentCheckpoint
 
     _, checkpoint, _, _ = trained
     config = AlignmentModuleConfig(kind="linear", in_dim=1024, out_dim=768)
@@ -102,6 +106,39 @@ def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_p
         FMbSegPredictor(predictor.models, predictor.settings).load_checkpoint(wrong)
     with pytest.raises(CheckpointError, match="no alignment checkpoint"):
         FMbSegPredictor(predictor.models, predictor.settings, checkpoint=tmp_path / "missing.safetensors")
+
+
+def _without_method_settings(path, target):
+    """A copy of a checkpoint file as written before checkpoints recorded method settings."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    del metadata["method_settings"]
+    save_file(load_file(str(path)), str(target), metadata)
+    return target
+
+
+def test_checkpoint_records_the_method_settings(predictor, trained, tmp_path):
+    _, checkpoint, path, _ = trained
+    assert checkpoint.method_settings == predictor.settings.to_dict()
+    assert load_alignment_checkpoint(path).method_settings == predictor.settings.to_dict()
+    same = FMbSegPredictor(predictor.models, predictor.settings.replace(refine=False), checkpoint=path)
+    assert same.checkpoint.version == checkpoint.version  # refine is not a feature setting
+
+    other = predictor.settings.replace(dinov2_image_size=140, prompt_template="a {}")
+    with pytest.raises(CheckpointError) as error:
+        FMbSegPredictor(predictor.models, other, checkpoint=path)
+    message = str(error.value)
+    assert "dinov2_image_size: 112 in the checkpoint, 140 here" in message
+    assert "prompt_template: 'a photo of a {}' in the checkpoint, 'a {}' here" in message
+    with pytest.raises(CheckpointError, match="dinov2_image_size"):
+        FMbSegPredictor(predictor.models, other).load_checkpoint(checkpoint)  # a record, not a file
+
+    old = load_alignment_checkpoint(_without_method_settings(path, tmp_path / "old.safetensors"))
+    assert old.method_settings == {}
+    assert FMbSegPredictor(predictor.models, other, checkpoint=old).checkpoint is old  # nothing to check
 
 
 def test_unknown_correction_class_is_refused(predictor, image):

@@ -10,15 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from backend.fmbseg.alignment import AlignmentModuleConfig
-from backend.fmbseg.loss import LossSettings
-from backend.fmbseg.training import (
+from backend.fmbseg.checkpoints import (
     AlignmentCheckpoint,
     CheckpointError,
+    load_alignment_checkpoint,
+    save_alignment_checkpoint,
+)
+from backend.fmbseg.loss import LossSettings
+from backend.fmbseg.training import (
     TrainingExample,
     TrainingSettings,
-    load_alignment_checkpoint,
     patch_labels_from_masks,
-    save_alignment_checkpoint,
     select_stage12_masks,
     train_alignment_module,
 )
@@ -261,10 +263,15 @@ def test_progress_callback_and_checkpoint_round_trip(tmp_path):
     assert not loaded.module.training
     assert os.listdir(tmp_path) == ["alignment.safetensors"]  # no temporary file left behind
 
+    assert loaded.method_settings == {} == result.method_settings  # none given
+
     # save_alignment_checkpoint (no training state) round trip
-    other = save_alignment_checkpoint(dataclasses.replace(loaded, version="abc-1"), tmp_path / "final.safetensors")
+    recorded = {"dinov2_image_size": 518, "prompt_template": "a photo of a {}", "refine": True}
+    other = save_alignment_checkpoint(
+        dataclasses.replace(loaded, version="abc-1", method_settings=recorded), tmp_path / "final.safetensors"
+    )
     again = load_alignment_checkpoint(other)
-    assert again.version == "abc-1" and again.classes == tuple(CLASSES)
+    assert again.version == "abc-1" and again.classes == tuple(CLASSES) and again.method_settings == recorded
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
