@@ -88,11 +88,9 @@ class ZeroGuidanceSegmenter:
     @property
     def captioner(self):
         if self._captioner is None:
-            from .captioning import build_captioner
+            from .captioning.registry import build_captioner
 
-            self._captioner = build_captioner(
-                self.settings.captioner, self.models, **dict(self.settings.captioner_options)
-            )
+            self._captioner = build_captioner(self.settings.captioner, self.models, self.settings.captioner_options)
         return self._captioner
 
     @property
