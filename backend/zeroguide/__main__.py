@@ -89,7 +89,6 @@ def result_to_json(result, image_name: str) -> dict:
             {
                 "id": index,
                 "text": segment.text,
-                "score": segment.score,
                 "text_score": segment.text_score,
                 "merge_score": segment.merge_score,
                 "node_id": segment.node_id,
