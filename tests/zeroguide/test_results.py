@@ -23,7 +23,9 @@ def make_result() -> ZeroGuidanceResult:
     embedding[0] = 1.0
     segments = [
         Segment(mask=left, text="sky", embedding=embedding, text_score=0.31, merge_score=0.85, node_id=12),
-        Segment(mask=~left, text="grass", embedding=embedding[::-1].copy(), text_score=0.27, merge_score=None, node_id=3),
+        Segment(
+            mask=~left, text="grass", embedding=embedding[::-1].copy(), text_score=0.27, merge_score=None, node_id=3
+        ),
     ]
     return ZeroGuidanceResult(
         segments=segments,
@@ -69,7 +71,10 @@ def run_python(code: str) -> dict:
 
 
 def torch_modules_after(imports: str) -> list[str]:
-    code = f"import json, sys\n{imports}\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:5]))"
+    code = (
+        f"import json, sys\n{imports}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:5]))"
+    )
     return run_python(code)
 
 
@@ -87,8 +92,10 @@ def test_result_unpickles_without_torch(tmp_path):
     path = tmp_path / "result.pickle"
     path.write_bytes(pickle.dumps(make_result()))
     if torch_modules_after("import backend.zeroguide.settings"):
-        pytest.xfail("backend/zeroguide/settings.py still imports torch (through backend.models.clip); "
-                     "the result carries a ZeroGuideSettings")
+        pytest.xfail(
+            "backend/zeroguide/settings.py still imports torch (through backend.models.clip); "
+            "the result carries a ZeroGuideSettings"
+        )
     code = (
         "import json, pickle, sys\n"
         f"result = pickle.loads(open({str(path)!r}, 'rb').read())\n"
