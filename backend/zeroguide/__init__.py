@@ -4,9 +4,40 @@ Library code: no Label Studio, no web framework. Entry points:
 
     ZeroGuidanceSegmenter(models, settings).segment(image) -> ZeroGuidanceResult
     python -m backend.zeroguide IMAGE... --preset cpu --out DIR
+
+The names below are imported on first use (PEP 562): ``backend.zeroguide.results`` (the result
+types) and ``backend.zeroguide.captioning.settings`` / ``.registry`` import without torch; only
+``ZeroGuidanceSegmenter`` (``pipeline.py``) brings in torch and the models.
 """
 
-from .pipeline import Segment, ZeroGuidanceResult, ZeroGuidanceSegmenter
-from .settings import ZeroGuideSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pipeline import ZeroGuidanceSegmenter
+    from .results import Segment, ZeroGuidanceResult
+    from .settings import ZeroGuideSettings
+
+_EXPORTS = {
+    "Segment": "results",
+    "ZeroGuidanceResult": "results",
+    "ZeroGuidanceSegmenter": "pipeline",
+    "ZeroGuideSettings": "settings",
+}
 
 __all__ = ["Segment", "ZeroGuidanceResult", "ZeroGuidanceSegmenter", "ZeroGuideSettings"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

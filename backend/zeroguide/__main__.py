@@ -14,7 +14,8 @@ from pathlib import Path
 from ..models import MissingWeightsError, list_presets, load_models
 from ..models.clip import SegmentEncoding
 from ..outputs import ReadableImages, draw_overlay, encode_rle, write_json
-from .settings import CAPTIONERS, ZeroGuideSettings
+from .captioning.registry import captioner_names, captioner_settings
+from .settings import ZeroGuideSettings
 
 log = logging.getLogger("backend.zeroguide")
 
@@ -25,12 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--preset", default="cpu", choices=list_presets(), help="foundation models (default: cpu)")
     parser.add_argument("--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)")
-    parser.add_argument("--captioner", choices=CAPTIONERS, default=None, help="text generator (default: retrieval)")
+    parser.add_argument(
+        "--captioner",
+        choices=captioner_names(),
+        default=None,
+        help=f"text generator (section 3.3; default: {ZeroGuideSettings().captioner})",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
         default=Path("~/.cache/zeroguide").expanduser(),
-        help="where the retrieval captioner caches its vocabulary embeddings (default: ~/.cache/zeroguide)",
+        help="where the captioner may cache on disk, if it caches (default: ~/.cache/zeroguide)",
     )
     parser.add_argument("--n-clusters", type=int, default=None, help="n of section 3.1 (paper: 20)")
     parser.add_argument("--merge-threshold", type=float, default=None, help="tau_merge (paper: 0.8)")
@@ -44,10 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace, preset_overrides: dict) -> ZeroGuideSettings:
     settings = ZeroGuideSettings.for_preset(preset_overrides)
     changes = {}
-    if args.captioner:
-        changes["captioner"] = args.captioner
-    if (args.captioner or settings.captioner) == "retrieval" and args.cache_dir:
-        changes["captioner_options"] = {**settings.captioner_options, "cache_dir": str(args.cache_dir)}
+    captioner = args.captioner or settings.captioner
+    if captioner != settings.captioner or args.cache_dir:
+        # another captioner starts from its own defaults: the options it replaces were not its own
+        options = captioner_settings(captioner, settings.captioner_options if captioner == settings.captioner else None)
+        changes["captioner"] = captioner
+        changes["captioner_options"] = options.with_cache_dir(str(args.cache_dir)) if args.cache_dir else options
     if args.n_clusters is not None:
         changes["n_clusters"] = args.n_clusters
     if args.merge_threshold is not None:
@@ -81,7 +89,6 @@ def result_to_json(result, image_name: str) -> dict:
             {
                 "id": index,
                 "text": segment.text,
-                "score": segment.score,
                 "text_score": segment.text_score,
                 "merge_score": segment.merge_score,
                 "node_id": segment.node_id,

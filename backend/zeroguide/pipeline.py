@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -14,60 +13,10 @@ from ..models.images import check_image
 from .clustering import find_segment_candidates
 from .crf import densecrf_refine, upsample_label_map
 from .merging import SegmentDescription, merge_segments
+from .results import Segment, ZeroGuidanceResult
 from .settings import ZeroGuideSettings
 
 __all__ = ["Segment", "ZeroGuidanceResult", "ZeroGuidanceSegmenter"]
-
-
-@dataclass
-class Segment:
-    """One output segment.
-
-    Attributes:
-        mask: (H, W) bool at the image's resolution.
-        text: its free-text name.
-        embedding: (D,) unit-norm CLIP embedding of the segment (section 3.2).
-        text_score: CLIP cosine similarity between the segment embedding and its text's embedding.
-        merge_score: the section 3.4 score of the merge that formed it; ``None`` if never merged.
-        node_id: its node in the clustering tree.
-    """
-
-    mask: np.ndarray
-    text: str
-    embedding: torch.Tensor
-    text_score: float
-    merge_score: float | None
-    node_id: int
-
-    @property
-    def score(self) -> float:
-        """The region's score: its merge score, or for a segment never merged its text score."""
-        return self.merge_score if self.merge_score is not None else self.text_score
-
-    @property
-    def area(self) -> int:
-        return int(self.mask.sum())
-
-
-@dataclass
-class ZeroGuidanceResult:
-    """Segments that partition the image (every pixel in exactly one), and how they were made."""
-
-    segments: list[Segment]
-    image_size: tuple[int, int]
-    settings: ZeroGuideSettings
-    model_version: str
-    preset: str
-    random_weights: bool
-    timings: dict[str, float] = field(default_factory=dict)
-    candidates: int = 0
-
-    def label_map(self) -> np.ndarray:
-        """(H, W) int: index of each pixel's segment."""
-        label_map = np.full(self.image_size, -1, dtype=np.int64)
-        for index, segment in enumerate(self.segments):
-            label_map[segment.mask] = index
-        return label_map
 
 
 class ZeroGuidanceSegmenter:
@@ -88,11 +37,9 @@ class ZeroGuidanceSegmenter:
     @property
     def captioner(self):
         if self._captioner is None:
-            from .captioning import build_captioner
+            from .captioning.registry import build_captioner
 
-            self._captioner = build_captioner(
-                self.settings.captioner, self.models, **dict(self.settings.captioner_options)
-            )
+            self._captioner = build_captioner(self.settings.captioner, self.models, self.settings.captioner_options)
         return self._captioner
 
     @property
@@ -161,7 +108,7 @@ class ZeroGuidanceSegmenter:
             Segment(
                 mask=mask,
                 text=description.text,
-                embedding=description.visual,
+                embedding=description.visual.detach().to("cpu", torch.float32).numpy().copy(),  # own (D,) array
                 text_score=float(torch.dot(description.visual.float(), description.text_embedding.float())),
                 merge_score=score,
                 node_id=int(node),

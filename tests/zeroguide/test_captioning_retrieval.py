@@ -125,13 +125,13 @@ def test_cache_key_follows_the_model_weights(clip, vocabulary_file, tmp_path):
 
 
 def test_factory_settings_and_errors(tiny_models, vocabulary_file):
-    captioner = build_captioner("retrieval", tiny_models, vocabulary_file=vocabulary_file, alternatives=1)
+    captioner = build_captioner("retrieval", tiny_models, {"vocabulary_file": vocabulary_file, "alternatives": 1})
     assert isinstance(captioner, RetrievalCaptioner) and captioner.name == "retrieval"
     assert captioner.settings.alternatives == 1
     with pytest.raises(ValueError, match="Unknown captioner"):
         build_captioner("gpt4", tiny_models)
     with pytest.raises(ValueError, match="beam_size"):
-        build_captioner("retrieval", tiny_models, beam_size=3)
+        build_captioner("retrieval", tiny_models, {"beam_size": 3})
     with pytest.raises(ValueError, match="exactly one"):
         RetrievalSettings(prompt_templates=("a photo of a thing.",))
     with pytest.raises(ValueError, match="non-empty tuple"):

@@ -30,7 +30,7 @@ def prompt_context(language, prompt="Image of a"):
 def test_steering_lowers_the_loss_and_moves_the_choice_to_the_clip_target(models):
     """Target = CLIP("Image of a" + token X): CLIP prefers X among the candidates; steering must follow."""
     top_k = 32
-    captioner = build_captioner("zerocap", models, top_k_candidates=top_k, forbid_non_word_tokens=False)
+    captioner = build_captioner("zerocap", models, {"top_k_candidates": top_k, "forbid_non_word_tokens": False})
     context = prompt_context(models.language)
     with torch.no_grad():
         probs_before = F.softmax(models.language.model(context).logits[0, -1], dim=-1)
@@ -55,7 +55,7 @@ def test_steering_lowers_the_loss_and_moves_the_choice_to_the_clip_target(models
 
 def test_without_steering_the_distribution_follows_the_reference_logit_rules(models):
     """num_iterations=0: p = softmax(tweaked logits)^0.99 · p_before^0.01, from a full (uncached) GPT-2 pass."""
-    captioner = build_captioner("zerocap", models, num_iterations=0)
+    captioner = build_captioner("zerocap", models, {"num_iterations": 0})
     language = models.language
     context = prompt_context(language)
     with torch.no_grad():
@@ -85,9 +85,9 @@ def test_fused_distribution_normalisation(models):
     target = F.normalize(torch.ones(32), dim=0)
     context = prompt_context(models.language).expand(2, -1)
     context = torch.cat([context, torch.tensor([[5], [9]])], dim=1)
-    joint = build_captioner("zerocap", models, num_iterations=0).next_token_distribution(1, context, target)
+    joint = build_captioner("zerocap", models, {"num_iterations": 0}).next_token_distribution(1, context, target)
     assert joint.probs.sum().item() == pytest.approx(1.0, abs=1e-5)  # the reference: over all beams at once
-    per_row = build_captioner("zerocap", models, num_iterations=0, joint_beam_normalisation=False)
+    per_row = build_captioner("zerocap", models, {"num_iterations": 0, "joint_beam_normalisation": False})
     rows = per_row.next_token_distribution(1, context, target).probs.sum(-1)
     torch.testing.assert_close(rows, torch.ones(2))
 
@@ -117,7 +117,7 @@ def reference_beam_search(next_probs, vocabulary, beam_size, max_tokens, end):
 
 def test_beam_search_matches_a_plain_loop_reference(models):
     language = models.language
-    captioner = build_captioner("zerocap", models, beam_size=3, max_tokens=5)
+    captioner = build_captioner("zerocap", models, {"beam_size": 3, "max_tokens": 5})
     vocabulary = language.model.config.vocab_size
     end = captioner.end_id
     prompt_length = prompt_context(language).shape[1]
@@ -144,14 +144,14 @@ def test_beam_search_matches_a_plain_loop_reference(models):
 
 def test_prefix_cache_gives_the_same_captions_as_plain_encoding(models):
     target = clip_embed(models.clip, ["Image of a dog on the beach"])
-    cached = build_captioner("zerocap", models, **SMALL).generate(target[0])
-    plain = build_captioner("zerocap", models, use_prefix_cache=False, **SMALL).generate(target[0])
+    cached = build_captioner("zerocap", models, SMALL).generate(target[0])
+    plain = build_captioner("zerocap", models, {"use_prefix_cache": False, **SMALL}).generate(target[0])
     assert [beam.text for beam in cached] == [beam.text for beam in plain]
     assert [beam.score for beam in cached] == pytest.approx([beam.score for beam in plain], abs=1e-4)
 
 
 def test_caption_keeps_the_beam_clip_likes_best_even_in_inference_mode(models):
-    captioner = build_captioner("zerocap", models, **SMALL)
+    captioner = build_captioner("zerocap", models, SMALL)
     targets = clip_embed(models.clip, ["Image of a red car", "Image of a sandy beach"])
     with torch.inference_mode():
         captions = captioner.caption(targets)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from backend.models.clip import SegmentEncoding
 from backend.outputs import decode_rle
@@ -58,8 +57,12 @@ def test_segments_partition_the_image(tiny_models, image, changes):
     assert result.random_weights and result.preset == "tiny"
     for segment in result.segments:
         assert segment.text in ("left thing", "right thing")
-        assert torch.allclose(segment.embedding.norm(), torch.tensor(1.0), atol=1e-4)
-        assert -1.0 <= segment.score <= 1.0
+        assert isinstance(segment.embedding, np.ndarray) and segment.embedding.dtype == np.float32
+        assert segment.embedding.ndim == 1
+        assert abs(float(np.linalg.norm(segment.embedding)) - 1.0) < 1e-4
+        assert isinstance(segment.text_score, float) and -1.0 <= segment.text_score <= 1.0
+        assert segment.merge_score is None or -1.0 <= segment.merge_score <= 1.0
+        assert not hasattr(segment, "score"), "merge and text scores are separate fields"
     assert set(result.timings) == {"features", "clustering", "crf", "embedding_and_naming", "merging"}
 
 

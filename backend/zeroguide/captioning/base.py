@@ -1,18 +1,13 @@
 """One interface for turning CLIP segment embeddings into words (zero-guidance paper, section 3.3).
 
 A :class:`Captioner` receives ``K`` unit-norm CLIP embeddings (one per segment) and returns one
-:class:`Caption` per embedding. Two generators stand behind it:
-
-- ``"zerocap"``: ZeroCap as the paper used it (GPT-2 steered by CLIP at every token; a GPU method);
-- ``"retrieval"``: the fast default, the nearest phrase of a built-in vocabulary.
-
-``build_captioner(name, models, **settings)`` builds either from the foundation models
-(``models.clip`` and, for ZeroCap, ``models.language``) and the generator's settings fields.
+:class:`Caption` per embedding. Each captioner is built from the foundation models and its
+settings by :meth:`Captioner.from_models`; ``registry.py`` names the captioners and
+``registry.build_captioner(name, models, settings)`` builds one by name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["CAPTIONER_NAMES", "Caption", "Captioner", "build_captioner", "check_embeddings"]
+from backend.zeroguide.captioning.settings import CaptionerSettings
 
-CAPTIONER_NAMES = ("retrieval", "zerocap")
+__all__ = ["Caption", "Captioner", "check_embeddings"]
+
 UNIT_NORM_TOLERANCE = 1e-3
 
 
@@ -50,9 +46,24 @@ class Caption:
 
 
 class Captioner(ABC):
-    """Names CLIP embeddings with words. Subclasses set ``name`` and implement :meth:`caption`."""
+    """Names CLIP embeddings with words.
+
+    Subclasses set ``name``, implement :meth:`caption` and :meth:`from_models`, and get one entry
+    in ``registry.CAPTIONERS``.
+    """
 
     name: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_models(cls, models: Any, settings: CaptionerSettings) -> Captioner:
+        """Build the captioner on the foundation models it needs.
+
+        Args:
+            models: the foundation models (``FoundationModels``: ``models.clip``, ``models.language``, ...);
+                read only the attributes this captioner needs, so lazily loaded models stay unloaded.
+            settings: an instance of this captioner's settings class (``registry.settings_class(name)``).
+        """
 
     @abstractmethod
     def caption(self, embeddings: Tensor) -> list[Caption]:
@@ -90,40 +101,3 @@ def check_embeddings(embeddings: Tensor, dim: int) -> Tensor:
             "normalise them with torch.nn.functional.normalize(embeddings, dim=-1)"
         )
     return embeddings
-
-
-def build_captioner(name: str, models: Any, settings: Any = None, **overrides: Any) -> Captioner:
-    """Build a captioner by name.
-
-    Args:
-        name: ``"retrieval"`` or ``"zerocap"``.
-        models: the foundation models: ``models.clip`` (a ``ClipModel``: ``.model`` open_clip CLIP,
-            ``.tokenizer``, ``.device``) and, for ZeroCap, ``models.language`` (a ``LanguageModel``).
-            Attributes are read only when needed, so lazily loaded models stay unloaded.
-        settings: a ready ``RetrievalSettings`` / ``ZeroCapSettings``; default: the paper's.
-        **overrides: settings fields to change, e.g. ``beam_size=3`` or ``cache_dir="/tmp/x"``.
-
-    Raises:
-        ValueError: unknown name, unknown settings field, or settings of the wrong kind.
-    """
-    from backend.zeroguide.captioning.retrieval import RetrievalCaptioner, RetrievalSettings
-    from backend.zeroguide.captioning.zerocap import ZeroCapCaptioner, ZeroCapSettings
-
-    registry = {"retrieval": RetrievalSettings, "zerocap": ZeroCapSettings}
-    if name not in registry:
-        raise ValueError(f"Unknown captioner {name!r}; choose one of {', '.join(CAPTIONER_NAMES)}.")
-    settings_class = registry[name]
-    if settings is None:
-        settings = settings_class()
-    elif not isinstance(settings, settings_class):
-        raise ValueError(f"Captioner {name!r} takes {settings_class.__name__}, got {type(settings).__name__}")
-    valid = {f.name for f in dataclasses.fields(settings_class)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ValueError(
-            f"Unknown {settings_class.__name__} field(s) {', '.join(unknown)}; valid fields: {', '.join(sorted(valid))}"
-        )
-    settings = dataclasses.replace(settings, **overrides)
-    if name == "retrieval":
-        return RetrievalCaptioner(models.clip, settings)
-    return ZeroCapCaptioner(models.clip, models.language, settings)

@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from backend.zeroguide.captioning.base import Caption, Captioner, check_embeddings
 from backend.zeroguide.captioning.clip_text import ClipTextEncoder
+from backend.zeroguide.captioning.settings import RetrievalSettings
 
 __all__ = ["DEFAULT_VOCABULARY", "RetrievalCaptioner", "RetrievalSettings", "load_vocabulary"]
 
@@ -38,38 +38,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_VOCABULARY = Path(__file__).with_name("vocabulary.txt")
 CACHE_FORMAT_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """Settings of the retrieval captioner (not a paper method; no paper values).
-
-    Attributes:
-        prompt_templates: templates with one ``{}`` for the phrase; the embeddings of all
-            templates are averaged (CLIP's prompt ensembling). Default: CLIP's standard
-            single template "a photo of a {}.".
-        vocabulary_file: a text file, one phrase a line, ``#`` comments; None: the built-in one.
-        cache_dir: where vocabulary embeddings are cached on disk; None: memory only.
-        batch_size: texts per text-tower call while embedding the vocabulary.
-        alternatives: how many runner-up phrases each caption reports.
-    """
-
-    prompt_templates: tuple[str, ...] = ("a photo of a {}.",)
-    vocabulary_file: str | Path | None = None
-    cache_dir: str | Path | None = None
-    batch_size: int = 256
-    alternatives: int = 5
-
-    def __post_init__(self) -> None:
-        if isinstance(self.prompt_templates, str) or not self.prompt_templates:
-            raise ValueError("prompt_templates must be a non-empty tuple of strings such as ('a photo of a {}.',)")
-        for template in self.prompt_templates:
-            if not isinstance(template, str) or template.count("{}") != 1:
-                raise ValueError(f"Each prompt template needs exactly one '{{}}', got {template!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
-        if self.alternatives < 0:
-            raise ValueError(f"alternatives must be >= 0, got {self.alternatives}")
 
 
 def load_vocabulary(path: str | Path | None = None) -> tuple[str, ...]:
@@ -108,6 +76,11 @@ class RetrievalCaptioner(Captioner):
         self.vocabulary = load_vocabulary(settings.vocabulary_file)
         self._encoder = ClipTextEncoder(clip.model, clip.tokenizer)
         self._embeddings: Tensor | None = None
+
+    @classmethod
+    def from_models(cls, models: Any, settings: RetrievalSettings) -> RetrievalCaptioner:
+        """Built on ``models.clip``."""
+        return cls(models.clip, settings)
 
     # ------------------------------------------------------------------------------------------
     @property

@@ -45,82 +45,12 @@ from torch import Tensor
 
 from backend.zeroguide.captioning.base import Caption, Captioner, check_embeddings
 from backend.zeroguide.captioning.clip_text import ClipTextEncoder, PrefixState
+from backend.zeroguide.captioning.settings import ZeroCapSettings
 
 __all__ = ["Beam", "SteeringTrace", "ZeroCapCaptioner", "ZeroCapSettings"]
 
 NORM_EPSILON = 1e-15  # reference: ‖∇‖ + 1e-15 before the power
 START_END_DAMPING = 1.6  # reference: end token damped by 1.6 at the first step (hard-coded there)
-
-
-@dataclass(frozen=True)
-class ZeroCapSettings:
-    """ZeroCap hyper-parameters; defaults are the reference implementation's, as the paper ran it.
-
-    Attributes:
-        prompt: the text GPT-2 completes; zero-guidance §3.3: "Image of a".
-        beam_size: beams of the search (ZeroCap: 5).
-        max_tokens: most generated tokens (ZeroCap ``target_seq_length``: 15).
-        num_iterations: steering updates per token (ZeroCap: 5).
-        step_size: α of the shift update Δ ← Δ − α ∇/‖∇‖^γ (ZeroCap ``stepsize``: 0.3).
-        grad_norm_factor: γ of that update (ZeroCap: 0.9).
-        clip_loss_scale: weight of the CLIP loss (ZeroCap ``clip_scale``: 1.0).
-        clip_loss_temperature: τ of the CLIP target softmax(cos / τ) (ZeroCap: 0.01).
-        fluency_scale: weight of KL(p ‖ p_before) (ZeroCap ``ce_scale``: 0.2).
-        top_k_candidates: tokens of p scored by CLIP per beam and iteration (ZeroCap: 512;
-            clipped to the vocabulary size).
-        fusion_factor: λ of p_shift^λ · p_before^(1−λ) (ZeroCap: 0.99).
-        end_token: the token that ends a caption (ZeroCap: ".").
-        end_factor: boost of the end token's logit after the first token (ZeroCap: 1.01; the
-            zero-guidance authors' script passes 1.1).
-        forbidden_factor: damping of forbidden tokens' logits (ZeroCap: 20).
-        repetition_penalty: damping of the last 4 tokens' logits (ZeroCap: 1.0, i.e. off).
-        forbid_non_word_tokens: forbid tokens with no letter (digits, punctuation, whitespace;
-            the end token excepted) and special tokens. ZeroCap ships its list as an opaque
-            ``forbidden_tokens.npy``; this rule stands in for it.
-        joint_beam_normalisation: normalise the fused distribution over all beams at once,
-            as the reference does (``probs / probs.sum()``); False normalises each beam.
-        use_prefix_cache: CLIP prefix key/value cache (exact speed-up); False: plain encoding.
-        clip_batch_size: candidate texts per CLIP text-tower call.
-    """
-
-    prompt: str = "Image of a"
-    beam_size: int = 5
-    max_tokens: int = 15
-    num_iterations: int = 5
-    step_size: float = 0.3
-    grad_norm_factor: float = 0.9
-    clip_loss_scale: float = 1.0
-    clip_loss_temperature: float = 0.01
-    fluency_scale: float = 0.2
-    top_k_candidates: int = 512
-    fusion_factor: float = 0.99
-    end_token: str = "."
-    end_factor: float = 1.01
-    forbidden_factor: float = 20.0
-    repetition_penalty: float = 1.0
-    forbid_non_word_tokens: bool = True
-    joint_beam_normalisation: bool = True
-    use_prefix_cache: bool = True
-    clip_batch_size: int = 2048
-
-    def __post_init__(self) -> None:
-        if not self.prompt.strip():
-            raise ValueError("prompt must not be empty (ZeroCap completes it; the paper uses 'Image of a')")
-        for name in ("beam_size", "max_tokens", "top_k_candidates", "clip_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_iterations < 0:
-            raise ValueError(f"num_iterations must be >= 0, got {self.num_iterations}")
-        for name in ("clip_loss_temperature", "end_factor", "forbidden_factor", "repetition_penalty"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("step_size", "grad_norm_factor", "clip_loss_scale", "fluency_scale"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.fusion_factor <= 1.0:
-            raise ValueError(f"fusion_factor must be in [0, 1], got {self.fusion_factor}")
-        if not self.end_token:
-            raise ValueError("end_token must not be empty")
 
 
 @dataclass(frozen=True)
@@ -175,6 +105,11 @@ class ZeroCapCaptioner(Captioner):
         self.bos_id = tokenizer.bos_token_id
         self._token_texts: list[str] | None = None
         self._forbidden_ids: Tensor | None = None
+
+    @classmethod
+    def from_models(cls, models: Any, settings: ZeroCapSettings) -> ZeroCapCaptioner:
+        """Built on ``models.clip`` and ``models.language`` (GPT-2)."""
+        return cls(models.clip, models.language, settings)
 
     # ------------------------------------------------------------------------------------------
     # Public API
