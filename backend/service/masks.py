@@ -2,7 +2,9 @@
 
 * Brush: Label Studio decodes an RLE into RGBA pixels and draws the **alpha** channel, so the
   mask handed to ``label_studio_sdk.converter.brush.mask2rle`` must have foreground **255**
-  (a 0/1 mask encodes an invisible alpha of 1).
+  (a 0/1 mask encodes an invisible alpha of 1). Decoding, one rule for the whole project
+  (retraining, export, rating): a pixel is in the region where its alpha is at least
+  :data:`VISIBLE_ALPHA` = 128, i.e. visibly painted.
 * Polygon: Label Studio polygons are points in percent of the image width/height, one simple
   closed ring per region, no holes. :func:`mask_to_polygons` traces the outer boundary of every
   connected component (OpenCV ``RETR_EXTERNAL``), simplifies it with Douglas-Peucker
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+VISIBLE_ALPHA = 128
 
 
 def _brush_codec():
@@ -41,11 +45,15 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
 
 
 def rle_to_mask(rle: list[int], height: int, width: int) -> np.ndarray:
-    """Label Studio brush RLE -> ``(height, width)`` boolean mask (alpha > 0)."""
-    decoded = _brush_codec().decode_rle(rle)
+    """Label Studio brush RLE -> ``(height, width)`` boolean mask (alpha >= :data:`VISIBLE_ALPHA`).
+
+    Raises:
+        ValueError: the RLE does not decode to ``height * width`` RGBA pixels.
+    """
+    decoded = np.asarray(_brush_codec().decode_rle(list(rle)), dtype=np.uint8)
     if decoded.size != height * width * 4:
-        raise ValueError(f"RLE holds {decoded.size // 4} pixels, expected {height}x{width}")
-    return decoded.reshape(height, width, 4)[:, :, 3] > 0
+        raise ValueError(f"brush RLE holds {decoded.size // 4} pixels, expected {height}x{width}")
+    return decoded.reshape(height, width, 4)[:, :, 3] >= VISIBLE_ALPHA
 
 
 def mask_to_polygons(mask: np.ndarray, tolerance: float = 1.0, min_area: float = 0.0) -> list[list[list[float]]]:

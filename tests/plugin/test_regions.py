@@ -83,7 +83,7 @@ def test_alpha_one_masks_are_invisible_hence_empty():
 
 def test_decode_brush_rejects_wrong_sizes_and_formats():
     value = {"format": "rle", "rle": mask2rle(np.zeros((H, W), dtype=np.uint8))}
-    with pytest.raises(PluginError, match=f"expected 7x{W}x4"):
+    with pytest.raises(PluginError, match=f"expected 7x{W}"):
         decode_brush(value, 7, W)
     with pytest.raises(PluginError, match="'polygon' is not supported"):
         decode_brush({"format": "polygon"}, H, W)

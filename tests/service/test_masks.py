@@ -85,3 +85,23 @@ def test_min_area_counts_pixels_not_the_filled_hull():
 
 def test_empty_mask_has_no_polygons():
     assert mask_to_polygons(np.zeros((10, 10), bool)) == []
+
+
+def test_one_alpha_rule_for_retraining_export_and_rating():
+    """Alpha 127 is not drawn, 128 is: the service's decoder and the plugin's are one function."""
+    from label_studio_sdk.converter.brush import encode_rle
+
+    from backend.service.regions import regions_from_results
+    from plugin.regions import decode_brush as plugin_decode_brush
+
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[0, 0, 3], rgba[0, 1, 3], rgba[1, 2, 3] = 1, 127, 128
+    rgba[1, 1, 3] = 255
+    rle = encode_rle(rgba.ravel())
+    expected = np.array([[False, False, False], [False, True, True]])
+    np.testing.assert_array_equal(rle_to_mask(rle, 2, 3), expected)
+    np.testing.assert_array_equal(plugin_decode_brush({"format": "rle", "rle": rle}, 2, 3), expected)
+    brush = {"id": "r", "from_name": "seg", "type": "brushlabels", "original_width": 3, "original_height": 2,
+             "value": {"format": "rle", "rle": rle, "brushlabels": ["cat"]}}
+    (region,) = regions_from_results([brush])
+    np.testing.assert_array_equal(region.mask, expected)
