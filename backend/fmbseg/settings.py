@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..settings import MethodSettings
+from ..settings import MethodSettings, tunable
 
-__all__ = ["FMbSegSettings"]
+__all__ = ["DINOV2_PATCH_SIZE", "FMbSegSettings"]
+
+DINOV2_PATCH_SIZE = 14  # every DINOv2 (ViT-S/B/L/g) has 14x14 patches
 
 
 @dataclass(frozen=True)
@@ -32,26 +34,30 @@ class FMbSegSettings(MethodSettings):
             size", no value given: 0, SAM's default).
 
     Stage 2, alignment module (section 3.3, appendix 2):
-        dinov2_image_size: side of the square image given to DINOv2 (appendix 1.1.4: 518).
+        dinov2_image_size: side of the square image given to DINOv2 (appendix 1.1.4: 518); a
+            multiple of its 14-pixel patch.
         stage12_fraction: share of Stage 1.2 masks kept (at random) for training (appendix
             Table 2: 75%).
         refine: at inference, overlay SAM's automatic masks labelled by majority vote of the base
             prediction ("FMbSeg-Stage 2 (refined)").
+
+    A project's ``model_settings`` may set the fields marked ``tunable`` within their bounds
+    (docs/service.md lists them); ``prompt_template`` (free text) only the operator.
     """
 
-    clip_image_size: int = 1344
-    clip_last_block: Literal["value", "skip"] = "value"
+    clip_image_size: int = tunable(1344, minimum=64, maximum=2688)
+    clip_last_block: Literal["value", "skip"] = tunable("value", choices=("value", "skip"))
     prompt_template: str = "a photo of a {}"
-    presence_min_crops: int = 1
-    points_per_class: int = 5
-    sam_image_size: int = 518
-    sam_pred_iou_thresh: float = 0.97
-    sam_points_per_side: int = 32
-    sam_stability_score_thresh: float = 0.95
-    sam_min_mask_region_area: int = 0
-    dinov2_image_size: int = 518
-    stage12_fraction: float = 0.75
-    refine: bool = True
+    presence_min_crops: int = tunable(1, minimum=0, maximum=64)
+    points_per_class: int = tunable(5, minimum=1, maximum=64)
+    sam_image_size: int = tunable(518, minimum=64, maximum=2048)
+    sam_pred_iou_thresh: float = tunable(0.97, minimum=0.0, maximum=1.0)
+    sam_points_per_side: int = tunable(32, minimum=1, maximum=64)
+    sam_stability_score_thresh: float = tunable(0.95, minimum=0.0, maximum=1.0)
+    sam_min_mask_region_area: int = tunable(0, minimum=0, maximum=1_000_000)
+    dinov2_image_size: int = tunable(518, minimum=14, maximum=1036)
+    stage12_fraction: float = tunable(0.75, minimum=0.0, maximum=1.0)
+    refine: bool = tunable(True)
 
     def __post_init__(self) -> None:
         if "{}" not in self.prompt_template:
@@ -67,6 +73,11 @@ class FMbSegSettings(MethodSettings):
         for name in ("clip_image_size", "sam_image_size", "dinov2_image_size", "sam_points_per_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dinov2_image_size % DINOV2_PATCH_SIZE:
+            raise ValueError(
+                f"dinov2_image_size must be a multiple of DINOv2's patch size {DINOV2_PATCH_SIZE}, "
+                f"got {self.dinov2_image_size}"
+            )
         if self.clip_last_block not in ("value", "skip"):
             raise ValueError(f"clip_last_block must be 'value' or 'skip', got {self.clip_last_block!r}")
 

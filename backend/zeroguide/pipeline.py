@@ -42,6 +42,10 @@ class ZeroGuidanceSegmenter:
             self._captioner = build_captioner(self.settings.captioner, self.models, self.settings.captioner_options)
         return self._captioner
 
+    def warm_up(self) -> None:
+        """Build the captioner and pay its one-off costs (the retrieval captioner embeds its vocabulary)."""
+        self.captioner.warm_up()
+
     @property
     def model_version(self) -> str:
         return f"zeroguide-{self.models.preset.name}-{self.settings.captioner}-{self.settings.fingerprint()}"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..models.clip import SegmentEncoding
-from ..settings import MethodSettings
+from ..models.settings import SegmentEncoding
+from ..settings import MethodSettings, build_nested, nested, tunable
+from .captioning.registry import captioner_names, captioner_settings, settings_class
+from .captioning.settings import CaptionerSettings
 
 __all__ = ["ZeroGuideSettings"]
-
-CAPTIONERS = ("retrieval", "zerocap")
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,15 @@ class ZeroGuideSettings(MethodSettings):
             σ^2 = 2.5 (appendix E), or the crop-and-mask baseline.
 
     Text (section 3.3):
-        captioner: ``"zerocap"`` (the paper's ZeroCap: GPT-2 steered by CLIP; slow, for a GPU) or
+        captioner: a name of the captioner registry (``backend.zeroguide.captioning.registry``):
+            ``"zerocap"`` (the paper's ZeroCap: GPT-2 steered by CLIP; slow, for a GPU) or
             ``"retrieval"`` (ours: nearest phrase of a large built-in vocabulary; fast on a CPU).
-        captioner_options: keyword settings of the captioner (see docs/zeroguide-captioning.md).
+        captioner_options: the captioner's settings (its settings class; a mapping of its fields
+            is converted), see docs/zeroguide-captioning.md.
+
+    A project's ``model_settings`` may set the fields marked ``tunable`` within their bounds
+    (docs/service.md lists them); paths (the captioner's ``vocabulary_file``, ``cache_dir``) only
+    the operator.
 
     Merging (section 3.4):
         merge: merge siblings up the tree (``False``: the "w/o merge" ablation of Table 3).
@@ -46,23 +52,23 @@ class ZeroGuideSettings(MethodSettings):
             similarities is at least this (appendix E: 0.8).
     """
 
-    dino_image_size: int = 224
-    dino_stride: int = 2
-    n_clusters: int = 20
-    dino_similarity_threshold: float = 0.9
-    use_crf: bool = True
-    crf_max_side: int | None = None
-    crf_iterations: int = 10
-    crf_gaussian_sxy: float = 1.0
-    crf_gaussian_compat: float = 25.0
-    crf_bilateral_sxy: float = 5.0
-    crf_bilateral_srgb: float = 13.0
-    crf_bilateral_compat: float = 100.0
-    segment_encoding: SegmentEncoding = field(default_factory=SegmentEncoding)
-    captioner: str = "retrieval"
-    captioner_options: Mapping[str, Any] = field(default_factory=dict)
-    merge: bool = True
-    merge_threshold: float = 0.8
+    dino_image_size: int = tunable(224, minimum=8, maximum=1024)
+    dino_stride: int = tunable(2, minimum=1, maximum=16)
+    n_clusters: int = tunable(20, minimum=1, maximum=100)
+    dino_similarity_threshold: float = tunable(0.9, minimum=-1.0, maximum=1.0)
+    use_crf: bool = tunable(True)
+    crf_max_side: int | None = tunable(None, minimum=16, maximum=4096, optional=True, integer=True)
+    crf_iterations: int = tunable(10, minimum=1, maximum=50)
+    crf_gaussian_sxy: float = tunable(1.0, minimum=0.0, maximum=1000.0)
+    crf_gaussian_compat: float = tunable(25.0, minimum=0.0, maximum=1000.0)
+    crf_bilateral_sxy: float = tunable(5.0, minimum=0.0, maximum=1000.0)
+    crf_bilateral_srgb: float = tunable(13.0, minimum=0.0, maximum=1000.0)
+    crf_bilateral_compat: float = tunable(100.0, minimum=0.0, maximum=1000.0)
+    segment_encoding: SegmentEncoding = nested(SegmentEncoding)
+    captioner: str = tunable("retrieval", choices=captioner_names())
+    captioner_options: CaptionerSettings = nested(lambda: captioner_settings("retrieval", None))
+    merge: bool = tunable(True)
+    merge_threshold: float = tunable(0.8, minimum=-1.0, maximum=1.0)
 
     def __post_init__(self) -> None:
         if self.dino_image_size < 8 or self.dino_stride < 1:
@@ -77,7 +83,22 @@ class ZeroGuideSettings(MethodSettings):
             raise ValueError(f"crf_max_side must be None or >= 16, got {self.crf_max_side}")
         if self.crf_iterations < 1:
             raise ValueError(f"crf_iterations must be at least 1, got {self.crf_iterations}")
-        if self.captioner not in CAPTIONERS:
-            raise ValueError(f"captioner must be one of {', '.join(CAPTIONERS)}, got {self.captioner!r}")
-        if isinstance(self.segment_encoding, Mapping):
-            object.__setattr__(self, "segment_encoding", SegmentEncoding(**self.segment_encoding))
+        if self.captioner not in captioner_names():
+            raise ValueError(f"captioner must be one of {', '.join(captioner_names())}, got {self.captioner!r}")
+        object.__setattr__(
+            self, "segment_encoding", build_nested(SegmentEncoding, self.segment_encoding, "segment_encoding")
+        )
+        options = self.captioner_options
+        if isinstance(options, CaptionerSettings) and not isinstance(options, settings_class(self.captioner)):
+            options = {}  # another captioner's defaults (e.g. "captioner" changed alone): this one's defaults
+        object.__setattr__(self, "captioner_options", captioner_settings(self.captioner, options))
+
+    @classmethod
+    def nested_settings_class(cls, name: str, context: Mapping[str, Any]) -> type:
+        """The settings class a nested field holds; ``captioner_options``: the chosen captioner's."""
+        if name == "captioner_options":
+            captioner = context.get("captioner", cls.captioner)
+            if captioner not in captioner_names():
+                raise ValueError(f"captioner must be one of {', '.join(captioner_names())}, got {captioner!r}")
+            return settings_class(captioner)
+        return SegmentEncoding

@@ -65,6 +65,9 @@ class Captioner(ABC):
             settings: an instance of this captioner's settings class (``registry.settings_class(name)``).
         """
 
+    def warm_up(self) -> None:
+        """Pay one-off costs now rather than on the first caption (default: nothing to pay)."""
+
     @abstractmethod
     def caption(self, embeddings: Tensor) -> list[Caption]:
         """One caption per embedding.

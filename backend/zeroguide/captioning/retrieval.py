@@ -83,6 +83,10 @@ class RetrievalCaptioner(Captioner):
         return cls(models.clip, settings)
 
     # ------------------------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Embed (or load from the cache) the whole vocabulary now."""
+        self.vocabulary_embeddings
+
     @property
     def vocabulary_embeddings(self) -> Tensor:
         """``(V, D)`` unit-norm embeddings of the vocabulary (computed or read from the cache on first use)."""

@@ -3,6 +3,10 @@
 The service's HTTP process imports these (to validate and show a captioner's settings) without
 importing torch; the captioners themselves live in ``retrieval.py`` and ``zerocap.py`` and are
 built through ``registry.py``.
+
+Fields marked ``tunable`` may be set by a project's ``model_settings`` (as
+``{"captioner_options": {...}}``) within their bounds; the others (paths, prompts, free text) only
+by the operator (docs/service.md).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
+
+from ...settings import tunable
 
 __all__ = ["CaptionerSettings", "RetrievalSettings", "ZeroCapSettings"]
 
@@ -45,8 +51,8 @@ class RetrievalSettings(CaptionerSettings):
     prompt_templates: tuple[str, ...] = ("a photo of a {}.",)
     vocabulary_file: str | Path | None = None
     cache_dir: str | Path | None = None
-    batch_size: int = 256
-    alternatives: int = 5
+    batch_size: int = tunable(256, minimum=1, maximum=1024)
+    alternatives: int = tunable(5, minimum=0, maximum=20)
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt_templates, list):  # e.g. from JSON; a tuple keeps the settings hashable
@@ -98,24 +104,24 @@ class ZeroCapSettings(CaptionerSettings):
     """
 
     prompt: str = "Image of a"
-    beam_size: int = 5
-    max_tokens: int = 15
-    num_iterations: int = 5
-    step_size: float = 0.3
-    grad_norm_factor: float = 0.9
-    clip_loss_scale: float = 1.0
-    clip_loss_temperature: float = 0.01
-    fluency_scale: float = 0.2
-    top_k_candidates: int = 512
-    fusion_factor: float = 0.99
+    beam_size: int = tunable(5, minimum=1, maximum=16)
+    max_tokens: int = tunable(15, minimum=1, maximum=40)
+    num_iterations: int = tunable(5, minimum=0, maximum=20)
+    step_size: float = tunable(0.3, minimum=0.0, maximum=10.0)
+    grad_norm_factor: float = tunable(0.9, minimum=0.0, maximum=10.0)
+    clip_loss_scale: float = tunable(1.0, minimum=0.0, maximum=100.0)
+    clip_loss_temperature: float = tunable(0.01, minimum=0.0001, maximum=10.0)
+    fluency_scale: float = tunable(0.2, minimum=0.0, maximum=100.0)
+    top_k_candidates: int = tunable(512, minimum=1, maximum=4096)
+    fusion_factor: float = tunable(0.99, minimum=0.0, maximum=1.0)
     end_token: str = "."
-    end_factor: float = 1.01
-    forbidden_factor: float = 20.0
-    repetition_penalty: float = 1.0
-    forbid_non_word_tokens: bool = True
-    joint_beam_normalisation: bool = True
-    use_prefix_cache: bool = True
-    clip_batch_size: int = 2048
+    end_factor: float = tunable(1.01, minimum=0.01, maximum=100.0)
+    forbidden_factor: float = tunable(20.0, minimum=0.01, maximum=1000.0)
+    repetition_penalty: float = tunable(1.0, minimum=0.01, maximum=100.0)
+    forbid_non_word_tokens: bool = tunable(True)
+    joint_beam_normalisation: bool = tunable(True)
+    use_prefix_cache: bool = tunable(True)
+    clip_batch_size: int = tunable(2048, minimum=1, maximum=8192)
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
