@@ -26,14 +26,15 @@ from flask import Flask, Response, jsonify, request
 from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException
 from werkzeug.exceptions import HTTPException
 
-from .adapters import LabelConfigError
+from .adapters import ClassMaskAdapter, LabelConfigError
 from .annotation_store import AnnotationStore
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageLimits, ImageSource
 from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
+from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
-from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady
+from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
 from .training import TrainingCoordinator, TrainingHook
 from .webhooks import PayloadError, WebhookProcessor
@@ -61,7 +62,7 @@ class SegmentationService:
     def __init__(
         self,
         config: ServiceConfig,
-        runtime: ModelRuntime,
+        runtime: Runtime,
         store: AnnotationStore,
         jobs: BackgroundQueue,
         training: TrainingCoordinator,
@@ -174,7 +175,7 @@ def _parse_model(service: SegmentationService, label_config: Any, project: str |
         raise PayloadError(f"the label config cannot be parsed: {error}") from None
 
 
-def make_runtime(config: ServiceConfig, methods: MethodLibrary | None = None) -> Any:
+def make_runtime(config: ServiceConfig, methods: MethodLibrary | None = None) -> Runtime:
     """The models' owner: in this process when ``methods`` is given (tests) or ``MODEL_PROCESS=false``,
     else in a child process (:mod:`backend.service.model_process`)."""
     if methods is not None or not config.model_process:
@@ -188,7 +189,7 @@ def create_app(
     config: ServiceConfig | None = None,
     *,
     methods: MethodLibrary | None = None,
-    runtime: Any | None = None,
+    runtime: Runtime | None = None,
     training_hook: TrainingHook | None = None,
     session: requests.Session | None = None,
     load_models: bool | None = None,
@@ -199,6 +200,7 @@ def create_app(
     the models' owner altogether; ``load_models`` overrides ``MODEL_LOAD_ON_START``.
     """
     config = config or ServiceConfig.from_env()
+    check_operator_settings(config)
     runtime = runtime or make_runtime(config, methods)
     atexit.register(runtime.stop)
     store = AnnotationStore(config.model_dir / "annotations")
@@ -337,8 +339,9 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
         metrics.increment("predict", "results", by=sum(len(p["result"]) for p in response.predictions if p))
         metrics.increment("predict", "seconds", by=time.monotonic() - started)
         for adapter in model.adapters:
-            for label, reason in getattr(adapter, "unsupported", {}).items():
-                metrics.record("unsupported_labels", adapter.from_name, label, value=reason)
+            if isinstance(adapter, ClassMaskAdapter):
+                for label, reason in adapter.unsupported.items():
+                    metrics.record("unsupported_labels", adapter.from_name, label, value=reason)
         return jsonify(
             {"results": response.predictions, "model_version": response.model_version, "warnings": response.warnings}
         )

@@ -158,8 +158,19 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServiceConfig":
-        """Build the configuration from ``environ`` (default: ``os.environ``)."""
-        env = os.environ if environ is None else environ
+        """Build the configuration from ``environ`` (default: ``os.environ``).
+
+        Raises ``ValueError`` naming the variable, also for ``MODEL_PRESET`` and method settings
+        (``ZEROGUIDE_SETTINGS`` / ``FMBSEG_SETTINGS``) that the methods would refuse.
+        """
+        from .method_settings import check_operator_settings
+
+        config = cls._from_env(os.environ if environ is None else environ)
+        check_operator_settings(config)
+        return config
+
+    @classmethod
+    def _from_env(cls, env: Mapping[str, str]) -> "ServiceConfig":
         checkpoint = _text(env, "FMBSEG_CHECKPOINT")
         local_root = _text(env, "LOCAL_FILES_DOCUMENT_ROOT")
         return cls(

@@ -7,13 +7,15 @@ check times out. :class:`ProcessModelRuntime` keeps the HTTP process free of mod
 imports torch): a spawned child process (at lower CPU priority) owns an in-process
 :class:`~backend.service.runtime.ModelRuntime`, and the parent talks to it over a pipe:
 
-* parent -> child: ``("call", id, kind, overrides, arguments)``, ``("train", id, hook, request)``,
+* parent -> child: ``("call", id, kind, settings, arguments)``, ``("train", id, hook, request)``,
   ``("forget",)``, ``("stop",)``;
 * child -> parent: ``("status", status, load_seconds)``, ``("result", id, value)``,
   ``("error", id, type name, message, models_not_ready)``.
 
 The parent's facade proxies (``segment``, ``predict``) have the same signatures as the real
-facades and return plain picklable results. Calls are answered one at a time, in order; a
+facades and return the methods' own result types (``ZeroGuidanceResult``, ``ClassMaskPrediction``:
+numpy arrays and plain values, importable without torch); settings cross as the methods' typed,
+already validated settings objects. Calls are answered one at a time, in order; a
 training run has its own thread in the child. If the child dies (e.g. killed for memory), pending
 calls fail, ``/health`` reports it, and the next request starts a new child (up to
 ``MAX_RESTARTS`` times).
@@ -27,20 +29,17 @@ import multiprocessing
 import os
 import pickle
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..fmbseg.results import ClassMaskPrediction
+from ..fmbseg.settings import FMbSegSettings
+from ..zeroguide.results import ZeroGuidanceResult
+from ..zeroguide.settings import ZeroGuideSettings
 from .config import ServiceConfig
-from .runtime import (
-    CheckpointLocator,
-    DefaultMethodLibrary,
-    MethodLibrary,
-    ModelRuntime,
-    ModelsNotReady,
-    trained_classes,
-)
+from .hooks import TrainingHook, TrainingRequest
+from .runtime import CheckpointLocator, DefaultMethodLibrary, MethodLibrary, ModelRuntime, ModelsNotReady
 
 logger = logging.getLogger(__name__)
 
@@ -51,60 +50,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 
 class MethodError(RuntimeError):
     """A method raised in the model process; the message starts with the original type."""
-
-
-# ---- plain results that cross the pipe ------------------------------------------------------
-
-
-@dataclass
-class SegmentOutput:
-    """One zero-guidance segment: ``mask`` ``(H, W)`` bool, ``text``, ``score`` (or None)."""
-
-    mask: np.ndarray
-    text: str
-    score: float | None
-
-
-@dataclass
-class ZeroGuidanceOutput:
-    segments: list[SegmentOutput]
-
-
-@dataclass
-class ClassMaskOutput:
-    """FMbSeg output: ``label_map`` ``(H, W)`` int32 (-1: nothing), ``class_masks``, ``classes``."""
-
-    label_map: np.ndarray | None
-    class_masks: dict[str, np.ndarray]
-    classes: list[str]
-    class_scores: dict[str, float] = field(default_factory=dict)
-
-
-def _plain_zero_guidance(result: Any) -> ZeroGuidanceOutput:
-    segments = []
-    for segment in result.segments:
-        score = getattr(segment, "score", None)
-        segments.append(
-            SegmentOutput(
-                mask=np.asarray(segment.mask, dtype=bool),
-                text=str(getattr(segment, "text", "") or ""),
-                score=None if score is None else float(score),
-            )
-        )
-    return ZeroGuidanceOutput(segments)
-
-
-def _plain_class_masks(output: Any) -> ClassMaskOutput:
-    label_map = getattr(output, "label_map", None)
-    scores = getattr(output, "class_scores", None) or {}
-    return ClassMaskOutput(
-        label_map=None if label_map is None else np.asarray(label_map, dtype=np.int32),
-        class_masks={
-            str(k): np.asarray(v, dtype=bool) for k, v in (getattr(output, "class_masks", None) or {}).items()
-        },
-        classes=[str(c) for c in getattr(output, "classes", None) or []],
-        class_scores={str(k): float(v) for k, v in scores.items()},
-    )
 
 
 def default_method_library(config: ServiceConfig) -> MethodLibrary:
@@ -160,8 +105,8 @@ def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[Ser
         if kind == "forget":
             runtime.forget_facades()
         elif kind == "call":
-            _, request_id, method, overrides, arguments = message
-            answer(request_id, lambda: _call(runtime, method, overrides, arguments))
+            _, request_id, method, settings, arguments = message
+            answer(request_id, lambda: _call(runtime, method, settings, arguments))
         elif kind == "train":
             _, request_id, hook, request = message
             threading.Thread(
@@ -172,19 +117,18 @@ def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[Ser
             ).start()
 
 
-def _call(runtime: ModelRuntime, method: str, overrides: Mapping[str, Any], arguments: dict) -> Any:
+def _call(
+    runtime: ModelRuntime, method: str, settings: ZeroGuideSettings | FMbSegSettings, arguments: dict
+) -> ZeroGuidanceResult | ClassMaskPrediction | list[str] | None:
     wait = max(runtime.config.model_load_wait_s, 1.0)
     runtime.wait_until_ready(wait)
-    if method == "zero_guidance":
-        return _plain_zero_guidance(runtime.zero_guidance(overrides).segment(arguments["image"]))
-    if method == "fmbseg":
-        output = runtime.fmbseg(overrides).predict(
-            arguments["image"], classes=arguments["classes"], **arguments["options"]
-        )
-        return _plain_class_masks(output)
-    if method == "fmbseg_trained_classes":
-        return trained_classes(runtime.fmbseg(overrides))
-    raise ValueError(f"unknown method {method!r}")
+    if method == "segment" and isinstance(settings, ZeroGuideSettings):
+        return runtime.zero_guidance(settings).segment(arguments["image"])
+    if method == "predict" and isinstance(settings, FMbSegSettings):
+        return runtime.fmbseg(settings).predict(**arguments)
+    if method == "trained_classes" and isinstance(settings, FMbSegSettings):
+        return runtime.fmbseg(settings).trained_classes()
+    raise ValueError(f"unknown method {method!r} for {type(settings).__name__}")
 
 
 # ---- the parent -------------------------------------------------------------------------------
@@ -354,13 +298,13 @@ class ProcessModelRuntime:
             raise pending.error
         return pending.value
 
-    def zero_guidance(self, overrides: Mapping[str, Any]) -> "_RemoteSegmenter":
+    def zero_guidance(self, settings: ZeroGuideSettings) -> "_RemoteSegmenter":
         self.wait_until_ready(self.config.model_load_wait_s)
-        return _RemoteSegmenter(self, dict(overrides))
+        return _RemoteSegmenter(self, settings)
 
-    def fmbseg(self, overrides: Mapping[str, Any]) -> "_RemotePredictor":
+    def fmbseg(self, settings: FMbSegSettings) -> "_RemotePredictor":
         self.wait_until_ready(self.config.model_load_wait_s)
-        return _RemotePredictor(self, dict(overrides))
+        return _RemotePredictor(self, settings)
 
     def forget_facades(self) -> None:
         with self._lock:
@@ -369,7 +313,7 @@ class ProcessModelRuntime:
             with self._send_lock:
                 conn.send(("forget",))
 
-    def run_training(self, hook: Callable[[Any], Any] | str, request: Any) -> Any:
+    def run_training(self, hook: TrainingHook | str, request: TrainingRequest) -> Any:
         """Run the hook in the model process (next to the models). A callable that cannot be
         pickled (a lambda, a closure) runs here instead, without the child's models."""
         self.wait_until_ready(self.config.model_load_wait_s)
@@ -383,20 +327,29 @@ class ProcessModelRuntime:
 
 
 class _RemoteSegmenter:
-    def __init__(self, runtime: ProcessModelRuntime, overrides: dict) -> None:
-        self.runtime, self.overrides = runtime, overrides
+    """A zero-guidance facade whose work runs in the model process."""
 
-    def segment(self, image: np.ndarray) -> ZeroGuidanceOutput:
-        return self.runtime._request(("call", "zero_guidance", self.overrides), {"image": image})
+    def __init__(self, runtime: ProcessModelRuntime, settings: ZeroGuideSettings) -> None:
+        self.runtime, self.settings = runtime, settings
+
+    def segment(self, image: np.ndarray) -> ZeroGuidanceResult:
+        return self.runtime._request(("call", "segment", self.settings), {"image": image})
+
+    def warm_up(self) -> None:
+        """The model process warms its own facades up."""
 
 
 class _RemotePredictor:
-    def __init__(self, runtime: ProcessModelRuntime, overrides: dict) -> None:
-        self.runtime, self.overrides = runtime, overrides
+    """An FMbSeg facade whose work runs in the model process."""
 
-    def predict(self, image: np.ndarray, classes: list[str], **options: Any) -> ClassMaskOutput:
-        arguments = {"image": image, "classes": list(classes), "options": options}
-        return self.runtime._request(("call", "fmbseg", self.overrides), arguments)
+    def __init__(self, runtime: ProcessModelRuntime, settings: FMbSegSettings) -> None:
+        self.runtime, self.settings = runtime, settings
+
+    def predict(
+        self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None, open_vocabulary: bool = False
+    ) -> ClassMaskPrediction:
+        arguments = {"image": image, "classes": list(classes), "refine": refine, "open_vocabulary": open_vocabulary}
+        return self.runtime._request(("call", "predict", self.settings), arguments)
 
     def trained_classes(self) -> list[str] | None:
-        return self.runtime._request(("call", "fmbseg_trained_classes", self.overrides), {})
+        return self.runtime._request(("call", "trained_classes", self.settings), {})

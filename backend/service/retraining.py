@@ -4,8 +4,10 @@ Label Studio sends ``START_TRAINING`` (the "Start training" button, or after eve
 annotation when the project trains on annotation updates). The service stores every annotation
 safely (``annotation_store``) and runs this hook in its background queue, next to the models:
 
-1. the project's class-mask controls (BrushLabels / PolygonLabels in ``classes`` mode) give the
-   vocabulary: their labels' prompts, as the class-mask adapter sends them to FMbSeg;
+1. the project's class-mask tags, as serving resolved them (``request.class_mask_tags``: the
+   class vocabulary with ``model_prompt``, ``model_skip`` and the duplicate-prompt rule, and the
+   FMbSeg settings with the preset's, the operator's and the tag's overrides) give the classes
+   and the settings: the module is trained on the features and classes it will serve;
 2. each stored annotation's regions of those controls become masks (``LabelledMask``, source
    ``"human"``), resized onto the image the models see; the task's image is fetched with the
    service's Label Studio credentials;
@@ -24,53 +26,59 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .adapters.base import control_mode
-from .adapters.class_masks import label_prompt
-from .training import TrainingRequest, annotation_regions
+from ..fmbseg.settings import FMbSegSettings
+from .hooks import TrainingRequest
+from .training import annotation_regions
+from .vocabulary import ClassMaskTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassVocabulary", "class_vocabulary", "retrain_fmbseg"]
-
-CLASSES_MODE = "classes"
+__all__ = ["TrainingVocabulary", "training_vocabulary", "retrain_fmbseg"]
 
 
-@dataclass
-class ClassVocabulary:
-    """The class-mask controls of a label config and their labels' FMbSeg prompts."""
+@dataclass(frozen=True)
+class TrainingVocabulary:
+    """What one retraining run trains: the served tags' classes, under one set of FMbSeg settings.
 
-    controls: dict[str, str]  # control name -> the image field it labels (task data key)
-    label_to_prompt: dict[str, str]
+    Attributes:
+        tags: the class-mask tags by name.
+        classes: FMbSeg's class list: every tag's prompts, in tag then label order, once each.
+        settings: the FMbSeg settings every tag is served with.
+    """
 
-    @property
-    def classes(self) -> list[str]:
-        return list(dict.fromkeys(self.label_to_prompt.values()))
+    tags: dict[str, ClassMaskTag]
+    classes: list[str]
+    settings: FMbSegSettings
+
+    def prompt(self, tag_name: str, label: str) -> str | None:
+        """The class a region of ``tag_name`` labelled ``label`` trains, or ``None`` (not served)."""
+        tag = self.tags.get(tag_name)
+        return None if tag is None else tag.vocabulary.label_to_prompt.get(label)
 
 
-def class_vocabulary(label_config: str) -> ClassVocabulary:
-    """Read the class-mask controls of a Label Studio config (``ValueError`` when there is none)."""
-    from label_studio_sdk.label_interface import LabelInterface
+def training_vocabulary(tags: tuple[ClassMaskTag, ...]) -> TrainingVocabulary:
+    """One class list and one set of settings for the served class-mask tags.
 
-    interface = LabelInterface(label_config)
-    controls: dict[str, str] = {}
-    label_to_prompt: dict[str, str] = {}
-    for control in interface.controls:
-        if control.tag not in ("BrushLabels", "PolygonLabels") or control_mode(control, interface) != CLASSES_MODE:
-            continue
-        image = interface.get_object(control.to_name[0])
-        controls[control.name] = str(image.value).lstrip("$")
-        attributes = control.labels_attrs or {}
-        for label in control.labels or []:
-            prompt = label_prompt(label, dict(getattr(attributes.get(label), "attr", None) or {}))
-            if prompt:
-                label_to_prompt[label] = prompt
-    if not controls:
+    Raises:
+        ValueError: no class-mask tag, or tags served with different FMbSeg settings (one
+            alignment module cannot be trained on two kinds of features).
+    """
+    if not tags:
         raise ValueError("the label config has no class-mask control (BrushLabels/PolygonLabels with class labels)")
-    if not label_to_prompt:
-        raise ValueError("the class-mask controls have no labels to train")
-    return ClassVocabulary(controls, label_to_prompt)
+    first = tags[0]
+    for tag in tags[1:]:
+        if tag.settings != first.settings:
+            changed = {
+                k: (v, tag.settings.to_dict()[k])
+                for k, v in first.settings.to_dict().items()
+                if tag.settings.to_dict()[k] != v
+            }
+            raise ValueError(
+                f"class-mask tags {first.from_name!r} and {tag.from_name!r} are served with different FMbSeg settings "
+                f"{changed}: one alignment module serves them all; give them the same model_settings"
+            )
+    classes = list(dict.fromkeys(prompt for tag in tags for prompt in tag.vocabulary.classes))
+    return TrainingVocabulary({tag.from_name: tag for tag in tags}, classes, first.settings)
 
 
 def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -95,22 +103,28 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
         raise ValueError("START_TRAINING without a label config: nothing to train for")
     if request.images is None:
         raise ValueError("no image source: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY so task images can be fetched")
-    vocabulary = class_vocabulary(request.label_config)
+    vocabulary = training_vocabulary(request.class_mask_tags)
     classes = vocabulary.classes
-    predictor = FMbSegPredictor(load_models(request.preset))
+    predictor = FMbSegPredictor(load_models(request.preset), vocabulary.settings)
     fetcher = request.images.fetcher()
     examples, regions_used, skipped = [], 0, []
     for index, record in enumerate(request.annotations):
         task = record.get("task") or {}
+        try:
+            regions = annotation_regions(record)
+        except ValueError as error:  # a damaged annotation must not lose the others
+            skipped.append(f"task {task.get('id')}: {error}")
+            logger.warning("retraining: skipped task %s: %s", task.get("id"), error)
+            continue
         corrections = [
-            (region, region.labels[0])
-            for region in annotation_regions(record)
-            if region.from_name in vocabulary.controls and region.labels and region.labels[0] in vocabulary.label_to_prompt
+            (region, prompt)
+            for region in regions
+            if region.labels and (prompt := vocabulary.prompt(region.control, region.labels[0])) is not None
         ]
         if not corrections:
             continue
-        field = vocabulary.controls[corrections[0][0].from_name]
-        reference = (task.get("data") or {}).get(field)
+        image_key = vocabulary.tags[corrections[0][0].control].image_key
+        reference = (task.get("data") or {}).get(image_key)
         try:
             image = fetcher.load(reference).pixels
         except Exception as error:  # one unreachable image must not lose the others
@@ -118,8 +132,7 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
             logger.warning("retraining: skipped task %s: %s", task.get("id"), error)
             continue
         masks = [
-            LabelledMask(_resize_mask(region.mask, image.shape[:2]), vocabulary.label_to_prompt[label], "human")
-            for region, label in corrections
+            LabelledMask(_resize_mask(region.mask, image.shape[:2]), prompt, "human") for region, prompt in corrections
         ]
         examples.append(predictor.training_example(image, masks, classes, seed=(0, index)))
         regions_used += len(masks)
@@ -135,13 +148,15 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
     # service balances the two terms. The paper's form stays the library's default.
     settings = training_settings or TrainingSettings(loss=LossSettings(balance_terms=True))
     try:
-        checkpoint = predictor.train(examples, classes, work_path, training_settings=settings, progress_bar=progress_bar,
-                                     serve=False)
+        checkpoint = predictor.train(
+            examples, classes, work_path, training_settings=settings, progress_bar=progress_bar, serve=False
+        )
     except CheckpointError:
         # an unfinished run for other data or classes: start over
         work_path.unlink(missing_ok=True)
-        checkpoint = predictor.train(examples, classes, work_path, training_settings=settings, progress_bar=progress_bar,
-                                     serve=False)
+        checkpoint = predictor.train(
+            examples, classes, work_path, training_settings=settings, progress_bar=progress_bar, serve=False
+        )
     target_dir = Path(request.checkpoint_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / f"fmbseg-project-{request.project_id}-{checkpoint.version}.safetensors"

@@ -12,18 +12,26 @@ fake library instead, so the service logic is tested without models.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import hashlib
-import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+import numpy as np
+
+from ..fmbseg.results import ClassMaskPrediction
+from ..fmbseg.settings import FMbSegSettings
+from ..zeroguide.results import ZeroGuidanceResult
+from ..zeroguide.settings import ZeroGuideSettings
 from .config import ServiceConfig
+from .hooks import TrainingHook, TrainingRequest, import_hook
+
+if TYPE_CHECKING:  # torch: never imported by the HTTP process
+    from ..models.registry import FoundationModels
 
 logger = logging.getLogger(__name__)
 
@@ -38,31 +46,59 @@ class ModelsNotReady(RuntimeError):
 class MethodLibrary(Protocol):
     """What the service needs from the method code (the real one is :class:`DefaultMethodLibrary`)."""
 
-    def load_models(self, preset: str, device: str | None) -> Any:
+    def load_models(self, preset: str, device: str | None) -> FoundationModels:
         """Load (and warm up) the foundation models of ``preset``; slow."""
 
-    def zero_guidance(self, models: Any, overrides: Mapping[str, Any]) -> Any:
-        """An object with ``segment(image) -> result`` (``result.segments[i].mask/.text/.score``)."""
+    def zero_guidance(self, models: FoundationModels, settings: ZeroGuideSettings) -> Segmenter:
+        """The zero-guidance facade for these settings."""
 
-    def fmbseg(self, models: Any, overrides: Mapping[str, Any], checkpoint: Path | None) -> Any:
-        """An object with ``predict(image, classes=[...], refine=bool) -> .label_map/.class_masks/.classes``."""
+    def fmbseg(self, models: FoundationModels, settings: FMbSegSettings, checkpoint: Path | None) -> ClassPredictor:
+        """The FMbSeg facade for these settings and alignment checkpoint."""
 
 
-def build_settings(
-    settings_class: type, preset_overrides: Mapping[str, Any], overrides: Mapping[str, Any], what: str
-) -> Any:
-    """The paper's settings with the preset's overrides, then ours (environment and tag attributes).
+class Segmenter(Protocol):
+    """What the service calls on a zero-guidance facade (``ZeroGuidanceSegmenter``)."""
 
-    Unknown field names raise a ``ValueError`` that lists the valid ones.
-    """
-    known = {f.name for f in dataclasses.fields(settings_class)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"{what}: unknown {settings_class.__name__} fields {unknown}; valid fields: {sorted(known)}")
-    merged = {**dict(preset_overrides), **dict(overrides)}
-    if hasattr(settings_class, "for_preset"):
-        return settings_class.for_preset(merged)
-    return settings_class(**merged)
+    def segment(self, image: np.ndarray) -> ZeroGuidanceResult: ...
+
+    def warm_up(self) -> None: ...
+
+
+class ClassPredictor(Protocol):
+    """What the service calls on an FMbSeg facade (``FMbSegPredictor``)."""
+
+    def predict(
+        self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None, open_vocabulary: bool = False
+    ) -> ClassMaskPrediction: ...
+
+    def trained_classes(self) -> list[str] | None: ...
+
+
+class Runtime(Protocol):
+    """The models' owner as the service sees it: :class:`ModelRuntime` (this process) or
+    ``ProcessModelRuntime`` (a child process)."""
+
+    config: ServiceConfig
+    checkpoints: CheckpointLocator
+    inference_lock: threading.Lock
+    load_seconds: float | None
+
+    @property
+    def status(self) -> str: ...
+
+    def start_loading(self) -> None: ...
+
+    def wait_until_ready(self, timeout_s: float) -> object: ...
+
+    def zero_guidance(self, settings: ZeroGuideSettings) -> Segmenter: ...
+
+    def fmbseg(self, settings: FMbSegSettings) -> ClassPredictor: ...
+
+    def forget_facades(self) -> None: ...
+
+    def run_training(self, hook: TrainingHook | str, request: TrainingRequest) -> Any: ...
+
+    def stop(self) -> None: ...
 
 
 class DefaultMethodLibrary:
@@ -75,7 +111,7 @@ class DefaultMethodLibrary:
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
 
-    def load_models(self, preset: str, device: str | None) -> Any:
+    def load_models(self, preset: str, device: str | None) -> FoundationModels:
         from backend.models import load_models
 
         models = load_models(preset, device=device)
@@ -84,32 +120,18 @@ class DefaultMethodLibrary:
         logger.info("foundation models %s built in %.1f s", models.loaded(), time.monotonic() - started)
         return models
 
-    def zero_guidance(self, models: Any, overrides: Mapping[str, Any]) -> Any:
-        from backend.zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
+    def zero_guidance(self, models: FoundationModels, settings: ZeroGuideSettings) -> Segmenter:
+        from backend.zeroguide import ZeroGuidanceSegmenter
 
-        settings = build_settings(
-            ZeroGuideSettings, models.method_overrides("zeroguide"), overrides, "zero-guidance settings"
-        )
-        if (
-            settings.captioner == "retrieval"
-            and self.cache_dir is not None
-            and "cache_dir" not in settings.captioner_options
-        ):
-            options = {**dict(settings.captioner_options), "cache_dir": str(self.cache_dir / "zeroguide-captioning")}
-            settings = settings.replace(captioner_options=options)  # where it caches; not what it predicts
+        if self.cache_dir is not None:  # where a captioner may cache; not what it predicts
+            options = settings.captioner_options.with_cache_dir(str(self.cache_dir / "zeroguide-captioning"))
+            settings = settings.replace(captioner_options=options)
         return ZeroGuidanceSegmenter(models, settings)
 
-    def fmbseg(self, models: Any, overrides: Mapping[str, Any], checkpoint: Path | None) -> Any:
-        from backend.fmbseg import FMbSegPredictor, FMbSegSettings
+    def fmbseg(self, models: FoundationModels, settings: FMbSegSettings, checkpoint: Path | None) -> ClassPredictor:
+        from backend.fmbseg import FMbSegPredictor
 
-        settings = build_settings(FMbSegSettings, models.method_overrides("fmbseg"), overrides, "FMbSeg settings")
         return FMbSegPredictor(models, settings, checkpoint=checkpoint)
-
-    def warm_up(self, kind: str, facade: Any) -> None:
-        """Pay a facade's one-off costs now (the retrieval captioner embeds its whole vocabulary)."""
-        if kind == "zero-guidance":
-            captioner = getattr(facade, "captioner", None)
-            getattr(captioner, "vocabulary_embeddings", None)
 
 
 LOADER_NICENESS = 10
@@ -125,20 +147,6 @@ def _lower_this_threads_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
     except (AttributeError, OSError) as error:
         logger.debug("could not lower the loader thread's priority: %s", error)
-
-
-def trained_classes(predictor: Any) -> list[str] | None:
-    """The class list an FMbSeg predictor's alignment checkpoint was trained for (None: no checkpoint)."""
-    method = getattr(predictor, "trained_classes", None)
-    if callable(method):
-        return method()
-    classes = getattr(getattr(predictor, "checkpoint", None), "classes", None)
-    return None if classes is None else [str(c) for c in classes]
-
-
-def settings_key(overrides: Mapping[str, Any]) -> str:
-    """A canonical JSON string for a settings-override mapping (cache key, version hash input)."""
-    return json.dumps(dict(overrides), sort_keys=True, default=str)
 
 
 class CheckpointLocator:
@@ -252,28 +260,22 @@ class ModelRuntime:
         logger.info("models ready in %.1f s", self.load_seconds)
         self._ready.set()
 
-    def _warm_up(self, models: Any) -> None:
-        """Build the default facades before reporting "ready", so the first /predict is not the
-        slow one. Failures are logged, not fatal: a method that cannot be built fails its tasks."""
-        warm_up = getattr(self.methods, "warm_up", None)
-        builders = {
-            "zero-guidance": (
-                ("zero-guidance", settings_key(self.config.zeroguide_settings)),
-                lambda m: self.methods.zero_guidance(m, self.config.zeroguide_settings),
-            ),
-        }
-        for kind, (key, build) in builders.items():
-            started = time.monotonic()
-            try:
-                facade = self._facade(key, build, models=models)
-                if warm_up is not None:
-                    warm_up(kind, facade)
-            except Exception:
-                logger.warning("warming up %s failed; its tasks will report the error", kind, exc_info=True)
-                continue
-            logger.info("%s ready in %.1f s", kind, time.monotonic() - started)
+    def _warm_up(self, models: FoundationModels) -> None:
+        """Build the default zero-guidance facade and pay its one-off costs (the retrieval
+        captioner embeds its vocabulary) before reporting "ready", so the first /predict is not
+        the slow one. A failure is logged, not fatal: a method that cannot be built fails its tasks."""
+        from .method_settings import zero_guidance_settings
 
-    def wait_until_ready(self, timeout_s: float) -> Any:
+        started = time.monotonic()
+        try:
+            settings = zero_guidance_settings(self.config)
+            self._zero_guidance_facade(settings, models).warm_up()
+        except Exception:
+            logger.warning("warming up zero-guidance failed; its tasks will report the error", exc_info=True)
+            return
+        logger.info("zero-guidance ready in %.1f s", time.monotonic() - started)
+
+    def wait_until_ready(self, timeout_s: float) -> FoundationModels:
         """The loaded models; starts loading if needed. Raises :class:`ModelsNotReady`.
 
         A failed load is not retried (it would fail the same way on every request): fix the
@@ -294,24 +296,26 @@ class ModelRuntime:
 
     # ---- method facades ---------------------------------------------------------------
 
-    def zero_guidance(self, overrides: Mapping[str, Any]) -> Any:
-        """The zero-guidance facade for these setting overrides (``segment(image)``)."""
-        key = ("zero-guidance", settings_key(overrides))
-        return self._facade(key, lambda models: self.methods.zero_guidance(models, overrides))
+    def zero_guidance(self, settings: ZeroGuideSettings) -> Segmenter:
+        """The zero-guidance facade for these settings (``segment(image)``)."""
+        return self._zero_guidance_facade(settings, self.wait_until_ready(self.config.model_load_wait_s))
 
-    def fmbseg(self, overrides: Mapping[str, Any]) -> Any:
-        """The FMbSeg facade for these overrides and the current checkpoint (``predict(...)``)."""
+    def _zero_guidance_facade(self, settings: ZeroGuideSettings, models: FoundationModels) -> Segmenter:
+        key = ("zero-guidance", settings.fingerprint())
+        return self._facade(key, lambda: self.methods.zero_guidance(models, settings))
+
+    def fmbseg(self, settings: FMbSegSettings) -> ClassPredictor:
+        """The FMbSeg facade for these settings and the current checkpoint (``predict(...)``)."""
+        models = self.wait_until_ready(self.config.model_load_wait_s)
         checkpoint = self.checkpoints.path()
-        key = ("fmbseg", settings_key(overrides), str(checkpoint), self.checkpoints.version())
-        return self._facade(key, lambda models: self.methods.fmbseg(models, overrides, checkpoint))
+        key = ("classes", settings.fingerprint(), str(checkpoint), self.checkpoints.version())
+        return self._facade(key, lambda: self.methods.fmbseg(models, settings, checkpoint))
 
-    def _facade(self, key: tuple, build: Callable[[Any], Any], models: Any = None) -> Any:
-        if models is None:
-            models = self.wait_until_ready(self.config.model_load_wait_s)
+    def _facade(self, key: tuple, build: Callable[[], Any]) -> Any:
         with self._lock:
             facade = self._facades.get(key)
         if facade is None:
-            facade = build(models)
+            facade = build()
             with self._lock:
                 facade = self._facades.setdefault(key, facade)
         return facade
@@ -321,14 +325,12 @@ class ModelRuntime:
         with self._lock:
             self._facades.clear()
 
-    def run_training(self, hook: Callable[[Any], Any] | str, request: Any) -> Any:
+    def run_training(self, hook: TrainingHook | str, request: TrainingRequest) -> Any:
         """Run a training hook next to the models (here: in this process).
 
         ``hook``: a callable, or a ``"package.module:function"`` path imported here.
         """
         if isinstance(hook, str):
-            from .training import import_hook
-
             hook = import_hook(hook)
         return hook(request)
 

@@ -16,11 +16,20 @@ import time
 from typing import Any, Callable
 
 from .. import __version__
-from .adapters import CLASSES, ZERO_GUIDANCE, ControlAdapter, LabelConfigError, detect_adapters, no_adapter_message
+from .adapters import (
+    CLASSES,
+    ZERO_GUIDANCE,
+    ClassMaskAdapter,
+    ControlAdapter,
+    LabelConfigError,
+    detect_adapters,
+    no_adapter_message,
+)
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageFetchError
 from .ml_base import MLBackendBase, ModelResponse
-from .runtime import ModelRuntime, ModelsNotReady
+from .runtime import ModelsNotReady, Runtime
+from .training import TrainingCoordinator
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +83,9 @@ class SegmentationMLBackend(MLBackendBase):
         project_id: str | None = None,
         *,
         config: ServiceConfig,
-        runtime: ModelRuntime,
+        runtime: Runtime,
         fetcher_for: Callable[[], ImageFetcher],
-        training: Any | None = None,
+        training: TrainingCoordinator | None = None,
     ) -> None:
         self.config = config
         self.runtime = runtime
@@ -248,5 +257,10 @@ class SegmentationMLBackend(MLBackendBase):
         """``START_TRAINING`` runs the registered training hook; other events need no work here
         (human annotations are stored by the webhook handler before it answers)."""
         if event == "START_TRAINING" and self.training is not None:
-            return self.training.run(project_id=self.project_id, label_config=self.label_config, event=data)
+            return self.training.run(
+                project_id=self.project_id,
+                label_config=self.label_config,
+                event=data,
+                class_mask_tags=[a.training_tag() for a in self.adapters if isinstance(a, ClassMaskAdapter)],
+            )
         return None

@@ -1,8 +1,9 @@
 """Retraining on human corrections: a hook the FMbSeg side provides, run on ``START_TRAINING``.
 
-The service does not train anything itself. A *training hook* is any callable taking a
-:class:`TrainingRequest` and returning an optional JSON-able summary (e.g. the path of the new
-checkpoint). Register it with ``create_app(training_hook=...)`` or ``TRAINING_HOOK=pkg.mod:func``.
+The service does not train anything itself. A *training hook* (``backend.service.hooks``) is any
+callable taking a :class:`TrainingRequest` and returning an optional JSON-able summary (e.g. the
+path of the new checkpoint). Register it with ``create_app(training_hook=...)`` or
+``TRAINING_HOOK=pkg.mod:func``.
 The hook should write alignment checkpoints into ``request.checkpoint_dir``: the newest file there
 becomes the checkpoint FMbSeg predicts with, and its name enters ``model_version``, so Label
 Studio re-predicts with the new model. Status and history are reported by ``GET /metrics``.
@@ -11,114 +12,27 @@ Studio re-predicts with the new model. Status and history are reported by ``GET 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
-
-import numpy as np
+from typing import Any, Callable, Mapping, Sequence
 
 from .annotation_store import AnnotationStore
+from .hooks import TrainingHook, TrainingRequest, import_hook
 from .images import ImageSource
-from .masks import polygon_to_mask, rle_to_mask
-from .runtime import ModelRuntime
+from .regions import Region, regions_from_results
+from .runtime import Runtime
+from .vocabulary import ClassMaskTag
+
+__all__ = ["TrainingCoordinator", "TrainingHook", "TrainingRequest", "annotation_regions", "import_hook"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainingRequest:
-    """What a training hook gets.
-
-    ``annotations``: the current human annotations of the project, as stored by
-    :class:`AnnotationStore` (records with ``annotation``, ``task``, ``project_id``...); turn one
-    into masks with :func:`annotation_regions`. ``images``: loads the tasks' images
-    (``request.images.fetcher().load(record["task"]["data"]["image"]).pixels``), or ``None``.
-    """
-
-    project_id: int | None
-    label_config: str | None
-    annotations: list[dict]
-    model_dir: Path
-    checkpoint_dir: Path
-    preset: str
-    event: Mapping[str, Any]
-    images: ImageSource | None = None
-
-
-@dataclass
-class AnnotatedRegion:
-    """One region of a human annotation: its mask and what the human said about it.
-
-    ``mask``: ``(original_height, original_width)`` bool. ``labels``: the brush/polygon labels.
-    ``texts``: per-region TextArea values by control name; ``choices``: per-region Choices
-    (e.g. the 0-3 rating) by control name.
-    """
-
-    region_id: str
-    from_name: str
-    labels: list[str]
-    mask: np.ndarray
-    texts: dict[str, list[str]] = field(default_factory=dict)
-    choices: dict[str, list[str]] = field(default_factory=dict)
-
-
-def annotation_regions(record: Mapping[str, Any]) -> list[AnnotatedRegion]:
-    """The brush and polygon regions of a stored annotation record, with their linked texts/choices.
-
-    Results of one region share an ``id`` (how Label Studio links a per-region TextArea or
-    Choices to a brush); results that are not brush/polygon attach to the region with their id.
-    """
-    results = (record.get("annotation") or {}).get("result") or []
-    regions: dict[str, AnnotatedRegion] = {}
-    extras: list[dict] = []
-    for result in results:
-        kind = str(result.get("type", "")).lower()
-        value = result.get("value") or {}
-        height, width = result.get("original_height"), result.get("original_width")
-        if kind in ("brushlabels", "brush") and value.get("format", "rle") == "rle" and height and width:
-            mask = rle_to_mask(value["rle"], int(height), int(width))
-            labels = list(value.get("brushlabels") or [])
-        elif kind in ("polygonlabels", "polygon") and height and width:
-            mask = polygon_to_mask(value.get("points") or [], int(height), int(width))
-            labels = list(value.get("polygonlabels") or [])
-        else:
-            extras.append(result)
-            continue
-        region_id = str(result.get("id"))
-        if region_id in regions:  # several brush results of one region: union
-            regions[region_id].mask |= mask
-        else:
-            regions[region_id] = AnnotatedRegion(region_id, str(result.get("from_name")), labels, mask)
-    for result in extras:
-        region = regions.get(str(result.get("id")))
-        value = result.get("value") or {}
-        if region is None:
-            continue
-        if "text" in value:
-            region.texts[str(result.get("from_name"))] = [str(t) for t in value["text"]]
-        elif "choices" in value:
-            region.choices[str(result.get("from_name"))] = [str(c) for c in value["choices"]]
-    return list(regions.values())
-
-
-TrainingHook = Callable[[TrainingRequest], Any]
-
-
-def import_hook(path: str) -> TrainingHook:
-    """``"package.module:function"`` -> the callable (``ValueError`` when it cannot be found)."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"TRAINING_HOOK={path!r}: cannot import {module_name!r}: {error}") from None
-    hook = getattr(module, attribute, None)
-    if not callable(hook):
-        raise ValueError(f"TRAINING_HOOK={path!r}: {module_name}.{attribute} is not a callable")
-    return hook
+def annotation_regions(record: Mapping[str, Any]) -> list[Region]:
+    """The brush and polygon regions of a stored annotation record, with their linked texts/choices
+    (the project's one decoder, :func:`backend.service.regions.regions_from_results`)."""
+    return regions_from_results((record.get("annotation") or {}).get("result") or [])
 
 
 def _now() -> str:
@@ -131,7 +45,7 @@ class TrainingCoordinator:
     def __init__(
         self,
         store: AnnotationStore,
-        runtime: ModelRuntime,
+        runtime: Runtime,
         hook: TrainingHook | None = None,
         hook_path: str | None = None,
     ) -> None:
@@ -176,8 +90,17 @@ class TrainingCoordinator:
             if self._status["state"] in ("idle", "succeeded", "failed", "skipped: no training hook registered"):
                 self._status["state"] = "queued"
 
-    def run(self, project_id: Any, label_config: str | None, event: Mapping[str, Any]) -> dict[str, Any]:
-        """Run the hook now (called from the background queue); returns the status."""
+    def run(
+        self,
+        project_id: Any,
+        label_config: str | None,
+        event: Mapping[str, Any],
+        class_mask_tags: Sequence[ClassMaskTag] = (),
+    ) -> dict[str, Any]:
+        """Run the hook now (called from the background queue); returns the status.
+
+        ``class_mask_tags``: the label config's class-mask tags as serving resolved them.
+        """
         hook = self._hook_reference()
         if hook is None:
             logger.warning("START_TRAINING received but no training hook is registered (TRAINING_HOOK)")
@@ -197,6 +120,7 @@ class TrainingCoordinator:
             preset=self.runtime.config.model_preset,
             event=event,
             images=self.image_source_for(project),
+            class_mask_tags=tuple(class_mask_tags),
         )
         started = time.monotonic()
         with self._lock:

@@ -20,7 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.fmbseg.results import ClassMaskPrediction
+from backend.fmbseg.settings import FMbSegSettings
 from backend.service.config import ServiceConfig
+from backend.zeroguide.results import Segment, ZeroGuidanceResult
+from backend.zeroguide.settings import ZeroGuideSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECORDED = FIXTURES / "label-studio-requests"
@@ -35,45 +39,49 @@ def load_recorded(name: str) -> dict:
 # ---- fake method facades ------------------------------------------------------------------
 
 
-@dataclass
-class FakeSegment:
-    mask: np.ndarray
-    text: str
-    score: float
+def fake_segment(mask: np.ndarray, text: str, text_score: float, node_id: int) -> Segment:
+    return Segment(mask, text, np.zeros(4, np.float32), text_score=text_score, merge_score=None, node_id=node_id)
 
 
 class FakeSegmenter:
-    """Zero-guidance stand-in: the left half (score 0.9) and the right half (score 0.4)."""
+    """Zero-guidance stand-in: the left half (text score 0.9) and the right half (text score 0.4)."""
 
-    def __init__(self, overrides: dict) -> None:
-        self.overrides = dict(overrides)
+    def __init__(self, settings: ZeroGuideSettings) -> None:
+        self.settings = settings
         self.calls = 0
+        self.warmed_up = False
 
-    def segment(self, image: np.ndarray) -> SimpleNamespace:
+    def segment(self, image: np.ndarray) -> ZeroGuidanceResult:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.calls += 1
         height, width = image.shape[:2]
         left = np.zeros((height, width), bool)
         left[:, : width // 2] = True
-        return SimpleNamespace(
-            segments=[FakeSegment(left, "a left half", 0.9), FakeSegment(~left, "a right half", 0.4)]
-        )
+        segments = [fake_segment(left, "a left half", 0.9, 1), fake_segment(~left, "a right half", 0.4, 2)]
+        return ZeroGuidanceResult(segments, (height, width), self.settings, "fake", "tiny", random_weights=True)
+
+    def warm_up(self) -> None:
+        self.warmed_up = True
 
 
 class FakeFMbSeg:
     """FMbSeg stand-in: class i gets the i-th horizontal band; prompts containing "unknown"
     are not returned (a class the model cannot handle)."""
 
-    def __init__(self, overrides: dict, checkpoint_path: Path | None, trained: list[str] | None = None) -> None:
-        self.overrides = dict(overrides)
+    def __init__(
+        self, settings: FMbSegSettings, checkpoint_path: Path | None, trained: list[str] | None = None
+    ) -> None:
+        self.settings = settings
         self.checkpoint_path = checkpoint_path
-        # like FMbSegPredictor.checkpoint: None (Stage 1) or a record with the trained classes
-        self.checkpoint = SimpleNamespace(classes=trained) if trained is not None else None
+        self.trained = trained  # None (Stage 1) or the classes of an alignment checkpoint
         self.calls: list[tuple] = []
+
+    def trained_classes(self) -> list[str] | None:
+        return None if self.trained is None else list(self.trained)
 
     def predict(
         self, image: np.ndarray, classes: list[str], refine: bool | None = None, open_vocabulary: bool = False
-    ) -> SimpleNamespace:
+    ) -> ClassMaskPrediction:
         self.calls.append((tuple(classes), refine, open_vocabulary))
         height, width = image.shape[:2]
         handled = [c for c in classes if "unknown" not in c]
@@ -81,8 +89,7 @@ class FakeFMbSeg:
         bands = np.array_split(np.arange(height), max(len(handled), 1))
         for index, rows in enumerate(bands[: len(handled)]):
             label_map[rows, :] = index
-        class_masks = {name: label_map == index for index, name in enumerate(handled)}
-        return SimpleNamespace(label_map=label_map, class_masks=class_masks, classes=handled)
+        return ClassMaskPrediction(label_map, handled, "stage1", "fake", random_weights=True)
 
 
 class FakeMethods:
@@ -107,12 +114,14 @@ class FakeMethods:
             raise FileNotFoundError("no weights for preset " + preset)
         return SimpleNamespace(preset=preset)
 
-    def zero_guidance(self, models: object, overrides: dict) -> FakeSegmenter:
-        self.segmenters.append(FakeSegmenter(overrides))
+    def zero_guidance(self, models: object, settings: ZeroGuideSettings) -> FakeSegmenter:
+        assert isinstance(settings, ZeroGuideSettings)
+        self.segmenters.append(FakeSegmenter(settings))
         return self.segmenters[-1]
 
-    def fmbseg(self, models: object, overrides: dict, checkpoint: Path | None) -> FakeFMbSeg:
-        self.predictors.append(FakeFMbSeg(overrides, checkpoint, self.trained))
+    def fmbseg(self, models: object, settings: FMbSegSettings, checkpoint: Path | None) -> FakeFMbSeg:
+        assert isinstance(settings, FMbSegSettings)
+        self.predictors.append(FakeFMbSeg(settings, checkpoint, self.trained))
         return self.predictors[-1]
 
 

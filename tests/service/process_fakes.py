@@ -4,9 +4,13 @@ import os
 import re
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
+
+from backend.fmbseg.results import ClassMaskPrediction
+from backend.fmbseg.settings import FMbSegSettings
+from backend.zeroguide.results import Segment, ZeroGuidanceResult
+from backend.zeroguide.settings import ZeroGuideSettings
 
 
 def calibrate_backtracking() -> tuple[int, float]:
@@ -29,27 +33,57 @@ def hold_the_interpreter(seconds: float, calibration: tuple[int, float]) -> None
     re.match(r"(a+)+$", "a" * (n + extra) + "b")
 
 
+# The tests steer the fakes through ordinary, allow-listed settings (a project can send nothing else):
+CRASH_CLUSTERS = 91  # n_clusters=91: the child exits
+RAISE_CLUSTERS = 92  # n_clusters=92: the method raises
+HOG_CLUSTERS = 93  # n_clusters=93: the method holds the interpreter lock for crf_iterations seconds
+
+
+def fake_segment(mask: np.ndarray, text: str, text_score: float) -> Segment:
+    return Segment(mask, text, np.zeros(4, np.float32), text_score=text_score, merge_score=None, node_id=0)
+
+
 class GilHoggingSegmenter:
-    def __init__(self, state_dir: Path, overrides: dict, calibration: tuple[int, float]) -> None:
+    def __init__(self, state_dir: Path, settings: ZeroGuideSettings, calibration: tuple[int, float]) -> None:
         self.state_dir = state_dir
-        self.overrides = overrides
+        self.settings = settings
         self.calibration = calibration
 
-    def segment(self, image: np.ndarray) -> SimpleNamespace:
-        if self.overrides.get("crash"):
+    def warm_up(self) -> None:
+        pass
+
+    def segment(self, image: np.ndarray) -> ZeroGuidanceResult:
+        if self.settings.n_clusters == CRASH_CLUSTERS:
             os._exit(3)
-        if self.overrides.get("raise"):
+        if self.settings.n_clusters == RAISE_CLUSTERS:
             raise ValueError("bad settings for this fake")
-        if self.overrides.get("hog_seconds"):
+        if self.settings.n_clusters == HOG_CLUSTERS:
             # time.monotonic() is the system-wide CLOCK_MONOTONIC: comparable across processes
             (self.state_dir / "started").write_text(f"{os.getpid()} {time.monotonic()}")
-            hold_the_interpreter(float(self.overrides["hog_seconds"]), self.calibration)
+            hold_the_interpreter(float(self.settings.crf_iterations), self.calibration)
             (self.state_dir / "done").write_text(str(time.monotonic()))
         height, width = image.shape[:2]
         left = np.zeros((height, width), bool)
         left[:, : width // 2] = True
-        segment = SimpleNamespace(mask=left, text="left", score=0.8)
-        return SimpleNamespace(segments=[segment, SimpleNamespace(mask=~left, text="right", score=None)])
+        segments = [fake_segment(left, "left", 0.8), fake_segment(~left, "right", 0.3)]
+        return ZeroGuidanceResult(segments, (height, width), self.settings, "fake", "tiny", random_weights=True)
+
+
+class Bands:
+    """FMbSeg stand-in: class i is the i-th horizontal band."""
+
+    def __init__(self, settings: FMbSegSettings) -> None:
+        self.settings = settings
+
+    def trained_classes(self) -> list[str] | None:
+        return None
+
+    def predict(self, image, classes, refine=None, open_vocabulary=False) -> ClassMaskPrediction:
+        height = image.shape[0]
+        label_map = np.full(image.shape[:2], -1, np.int64)
+        for index, rows in enumerate(np.array_split(np.arange(height), len(classes))):
+            label_map[rows] = index
+        return ClassMaskPrediction(label_map, list(classes), "stage1", "fake", random_weights=True)
 
 
 class QuickMethods:
@@ -58,24 +92,16 @@ class QuickMethods:
         self.calibration: tuple[int, float] | None = None
 
     def load_models(self, preset: str, device: str | None) -> dict:
-        if preset == "broken":
-            raise FileNotFoundError("no weights for preset broken")
+        if device == "broken":
+            raise FileNotFoundError("no weights for device broken")
         self.calibration = calibrate_backtracking()
         return {"preset": preset, "pid": os.getpid()}
 
-    def zero_guidance(self, models: dict, overrides: dict) -> GilHoggingSegmenter:
-        return GilHoggingSegmenter(self.state_dir, dict(overrides), self.calibration)
+    def zero_guidance(self, models: dict, settings: ZeroGuideSettings) -> GilHoggingSegmenter:
+        return GilHoggingSegmenter(self.state_dir, settings, self.calibration)
 
-    def fmbseg(self, models: dict, overrides: dict, checkpoint) -> SimpleNamespace:
-        class Bands:
-            def predict(self, image, classes, refine=None, open_vocabulary=False):
-                height = image.shape[0]
-                label_map = np.full(image.shape[:2], -1, np.int64)
-                for index, rows in enumerate(np.array_split(np.arange(height), len(classes))):
-                    label_map[rows] = index
-                return SimpleNamespace(label_map=label_map, class_masks={}, classes=list(classes))
-
-        return Bands()
+    def fmbseg(self, models: dict, settings: FMbSegSettings, checkpoint) -> Bands:
+        return Bands(settings)
 
 
 def quick_library(config) -> QuickMethods:

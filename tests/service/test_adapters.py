@@ -18,8 +18,9 @@ from backend.service.adapters import (
 from backend.service.images import LoadedImage
 from backend.service.masks import polygon_to_mask, rle_to_mask
 from backend.service.runtime import ModelRuntime
+from backend.zeroguide.results import ZeroGuidanceResult
 
-from .conftest import FakeMethods, load_recorded, sample_image
+from .conftest import FakeMethods, fake_segment, load_recorded, sample_image
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDED_CONFIG = load_recorded("setup.json")["body"]["schema"]
@@ -103,7 +104,7 @@ def test_repository_label_config_parses_and_selects_both_methods(config):
             ],
             "classes",
         ),
-        (['<BrushLabels name="b" toName="image" model_mode="FMbSeg"><Label value="s"/></BrushLabels>'], "classes"),
+        (['<BrushLabels name="b" toName="image" model_mode=" Classes "><Label value="s"/></BrushLabels>'], "classes"),
     ],
 )
 def test_control_mode_rules(tags, expected):
@@ -111,8 +112,10 @@ def test_control_mode_rules(tags, expected):
     assert control_mode(interface.get_control("b"), interface) == expected
 
 
-def test_bad_model_mode_is_a_config_error(config):
-    xml = view('<BrushLabels name="b" toName="image" model_mode="magic"><Label value="s"/></BrushLabels>')
+@pytest.mark.parametrize("mode", ["magic", "fmbseg", "zero_guidance"])
+def test_bad_model_mode_is_a_config_error(config, mode):
+    """One spelling of each mode: "zero-guidance" and "classes"."""
+    xml = view(f'<BrushLabels name="b" toName="image" model_mode="{mode}"><Label value="s"/></BrushLabels>')
     with pytest.raises(LabelConfigError, match='model_mode must be "zero-guidance" or "classes"'):
         adapters_for(xml, config)
 
@@ -143,7 +146,8 @@ def test_tag_options_override_environment_defaults(config):
     )
     zero_guidance, classes = adapters_for(xml, env_defaults)[0]
     assert zero_guidance.score_threshold == 0.25 and zero_guidance.max_regions == 7
-    assert zero_guidance.settings_overrides == {"n_clusters": 9, "merge_threshold": 0.7}
+    assert (zero_guidance.settings.n_clusters, zero_guidance.settings.merge_threshold) == (9, 0.7)
+    assert zero_guidance.settings.dino_stride == 6  # the cpu preset's, under the environment's and the tag's
     assert classes.score_threshold == 0.5 and classes.refine is True
 
 
@@ -240,13 +244,13 @@ def test_polygon_regions_one_per_component(config):
 
 def test_zero_guidance_polygons_repeat_the_text_per_component(config):
     class TwoBlobs(FakeMethods):
-        def zero_guidance(self, models, overrides):
-            segmenter = super().zero_guidance(models, overrides)
+        def zero_guidance(self, models, settings):
+            segmenter = super().zero_guidance(models, settings)
 
             def segment(image):
                 mask = np.zeros(image.shape[:2], bool)
                 mask[2:6, 2:6] = mask[10:20, 20:30] = True
-                return type("R", (), {"segments": [type("S", (), {"mask": mask, "text": "blobs", "score": 0.7})]})
+                return ZeroGuidanceResult([fake_segment(mask, "blobs", 0.7, 1)], mask.shape, settings, "v", "tiny", True)
 
             segmenter.segment = segment
             return segmenter

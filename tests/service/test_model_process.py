@@ -13,7 +13,7 @@ from backend.service.masks import rle_to_mask
 from backend.service.model_process import ProcessModelRuntime
 
 from .conftest import FakeLabelStudio, load_recorded, png_bytes, sample_image
-from .process_fakes import quick_library
+from .process_fakes import CRASH_CLUSTERS, HOG_CLUSTERS, RAISE_CLUSTERS, quick_library
 
 CONFIG_XML = load_recorded("setup.json")["body"]["schema"]
 
@@ -74,7 +74,7 @@ def test_predictions_come_back_from_the_child(process_app):
     brushes = [r for r in prediction["result"] if r["type"] == "brushlabels"]
     assert [b["value"]["brushlabels"][0] for b in brushes] == ["segment", "segment", "cat", "sky"]
     assert rle_to_mask(brushes[0]["value"]["rle"], 24, 32)[:, :16].all()
-    assert "score" not in brushes[1]  # a segment without score stays without
+    assert [b.get("score") for b in brushes] == [0.8, 0.3, None, None]  # text scores; class masks have none
     assert client.get("/health").json["models"] == "ready"
 
 
@@ -82,7 +82,7 @@ def test_health_answers_while_the_child_holds_its_interpreter_lock(process_app):
     client, runtime, image, state = process_app
     replies = []
     worker = threading.Thread(
-        target=lambda: replies.append(predict(client, image, with_zero_guidance_settings('{"hog_seconds": 3}')))
+        target=lambda: replies.append(predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {HOG_CLUSTERS}, "crf_iterations": 3}}')))
     )
     worker.start()
     deadline = time.monotonic() + 60
@@ -105,14 +105,14 @@ def test_health_answers_while_the_child_holds_its_interpreter_lock(process_app):
 
 def test_method_errors_fail_the_task_only(process_app):
     client, _, image, _ = process_app
-    reply = predict(client, image, with_zero_guidance_settings('{"raise": true}')).json
+    reply = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {RAISE_CLUSTERS}}}')).json
     assert "MethodError: ValueError: bad settings for this fake" in reply["warnings"][0]
     assert {r["from_name"] for r in reply["results"][0]["result"]} == {"class_mask"}
 
 
 def test_a_crashed_child_is_reported_and_restarted(own_process_app):
     client, runtime, image, _ = own_process_app
-    response = predict(client, image, with_zero_guidance_settings('{"crash": true}'))
+    response = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {CRASH_CLUSTERS}}}'))
     assert response.status_code == 503 and "exited while working" in response.json["error"]
     assert client.get("/health").json["models"] == "error: the model process exited (exit code 3)"
     assert predict(client, image).status_code == 200  # a new child
@@ -131,12 +131,12 @@ def test_training_runs_in_the_child(process_app):
 
 
 def test_loading_errors_in_the_child_are_reported(config):
-    config = config.replace(model_preset="broken", model_load_wait_s=60)
+    config = config.replace(device="broken", model_load_wait_s=60)
     runtime = ProcessModelRuntime(config, quick_library)
     client = create_app(config, runtime=runtime).test_client()
     try:
-        with pytest.raises(Exception, match="no weights for preset broken"):
+        with pytest.raises(Exception, match="no weights for device broken"):
             runtime.wait_until_ready(60)
-        assert client.get("/health").json["models"] == "error: FileNotFoundError: no weights for preset broken"
+        assert client.get("/health").json["models"] == "error: FileNotFoundError: no weights for device broken"
     finally:
         runtime.stop()

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.fmbseg.training import TrainingSettings, load_alignment_checkpoint
+from backend.fmbseg.checkpoints import load_alignment_checkpoint
+from backend.fmbseg.training import TrainingSettings
+from backend.service.adapters import ClassMaskAdapter
+from backend.service.config import ServiceConfig
+from backend.service.hooks import TrainingRequest
 from backend.service.images import ImageLimits, ImageSource
 from backend.service.masks import mask_to_rle
-from backend.service.retraining import class_vocabulary, retrain_fmbseg
-from backend.service.training import TrainingRequest
+from backend.service.retraining import retrain_fmbseg, training_vocabulary
+from backend.service.segmentation_model import SegmentationMLBackend
 
 LABEL_CONFIG = Path(__file__).resolve().parents[2].joinpath("label_config.xml").read_text()
 CONFIG = """
@@ -57,21 +61,82 @@ def project(tmp_path):
     return root, records
 
 
-def request_for(tmp_path, root, records, config=CONFIG):
+def served_model(label_config, service_config=None):
+    """The model serving ``label_config`` (adapters only: nothing is predicted)."""
+    service_config = service_config or ServiceConfig(model_preset="tiny")
+    return SegmentationMLBackend(label_config, "7", config=service_config, runtime=None, fetcher_for=lambda: None)
+
+
+def served_tags(label_config, service_config=None):
+    """What serving hands retraining: the class-mask tags as the adapters resolved them."""
+    model = served_model(label_config, service_config)
+    return tuple(a.training_tag() for a in model.adapters if isinstance(a, ClassMaskAdapter))
+
+
+def request_for(tmp_path, root, records, config=CONFIG, service_config=None):
     return TrainingRequest(
         project_id=7, label_config=config, annotations=records, model_dir=tmp_path / "model_dir",
         checkpoint_dir=tmp_path / "model_dir" / "checkpoints" / "fmbseg", preset="tiny", event={},
-        images=ImageSource(ImageLimits(), local_files_root=root),
+        images=ImageSource(ImageLimits(), local_files_root=root), class_mask_tags=served_tags(config, service_config),
     )
 
 
 def test_vocabulary_uses_the_label_prompts():
-    vocabulary = class_vocabulary(CONFIG)
-    assert vocabulary.controls == {"classes": "image"}
-    assert vocabulary.label_to_prompt == {"Cat": "cat", "Sky": "Sky"}
-    assert class_vocabulary(LABEL_CONFIG).classes  # the shipped config has a class-mask control
+    vocabulary = training_vocabulary(served_tags(CONFIG))
+    assert list(vocabulary.tags) == ["classes"] and vocabulary.tags["classes"].image_key == "image"
+    assert vocabulary.tags["classes"].vocabulary.label_to_prompt == {"Cat": "cat", "Sky": "Sky"}
+    assert vocabulary.classes == ["cat", "Sky"]
+    assert training_vocabulary(served_tags(LABEL_CONFIG)).classes  # the shipped config has a class-mask control
     with pytest.raises(ValueError, match="no class-mask control"):
-        class_vocabulary('<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>')
+        training_vocabulary(())
+
+
+def test_tags_served_with_different_settings_cannot_share_one_module():
+    config = """
+<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="animals" toName="image" model_mode="classes"><Label value="cat"/></BrushLabels>
+  <BrushLabels name="scenery" toName="image" model_mode="classes" model_settings='{"dinov2_image_size": 98}'>
+    <Label value="sky"/>
+  </BrushLabels>
+</View>"""
+    tags = served_tags(config)
+    assert [tag.from_name for tag in tags] == ["animals", "scenery"]
+    with pytest.raises(ValueError, match="different FMbSeg settings.*dinov2_image_size"):
+        training_vocabulary(tags)
+    same = training_vocabulary(served_tags(config.replace(" model_settings='{\"dinov2_image_size\": 98}'", "")))
+    assert same.classes == ["cat", "sky"]
+
+
+def test_training_and_serving_use_one_vocabulary_and_one_set_of_settings(tmp_path, project):
+    """A skipped label, a duplicate prompt, an operator setting and a tag setting: the checkpoint's
+    classes and feature settings are exactly those /predict asks for."""
+    root, records = project
+    config = """
+<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="classes" toName="image" model_mode="classes" model_settings='{"dinov2_image_size": 98}'>
+    <Label value="Cat" model_prompt="cat"/>
+    <Label value="Kitty" model_prompt="cat"/>
+    <Label value="Sky"/>
+    <Label value="Dog" model_skip="true"/>
+  </BrushLabels>
+</View>"""
+    for record in records:  # a human also drew a "Dog" (skipped) and a "Kitty" (same prompt as Cat)
+        record["annotation"]["result"].append(brush("d", np.ones((48, 64), bool), "Dog"))
+        record["annotation"]["result"].append(brush("k", np.ones((48, 64), bool), "Kitty"))
+    service_config = ServiceConfig(model_preset="tiny", fmbseg_settings={"prompt_template": "a photo of the {}"})
+    summary = retrain_fmbseg(
+        request_for(tmp_path, root, records, config, service_config), training_settings=TrainingSettings(epochs=1)
+    )
+    (adapter,) = served_model(config, service_config).adapters
+    checkpoint = load_alignment_checkpoint(Path(summary["checkpoint"]))
+    assert list(checkpoint.classes) == adapter.classes == ["cat", "Sky"]
+    assert "Dog" not in summary["classes"] and summary["regions"] == 4  # Cat and Sky on 2 images
+    assert checkpoint.method_settings == adapter.settings.to_dict()
+    assert checkpoint.method_settings["dinov2_image_size"] == 98
+    assert checkpoint.method_settings["prompt_template"] == "a photo of the {}"
+    assert checkpoint.method_settings["clip_image_size"] == 128  # the tiny preset's
 
 
 def test_retraining_writes_a_served_checkpoint(tmp_path, project):

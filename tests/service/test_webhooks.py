@@ -2,13 +2,13 @@
 
 import copy
 
+import numpy as np
 import pytest
 
 from backend.service.app import create_app
-import numpy as np
-
+from backend.service.hooks import TrainingRequest, import_hook
 from backend.service.masks import mask_to_polygons, mask_to_rle
-from backend.service.training import TrainingRequest, annotation_regions, import_hook
+from backend.service.training import annotation_regions
 
 from .conftest import FakeMethods, load_recorded, png_bytes, sample_image
 
@@ -144,7 +144,7 @@ def test_webhook_storage_problems_are_400(config):
 def test_annotation_regions_joins_masks_texts_and_ratings_by_region_id(tmp_path):
     record = {"annotation": copy.deepcopy(UPDATED["annotation"])}
     (region,) = annotation_regions(record)
-    assert region.from_name == "segment" and region.labels == ["segment"]
+    assert region.control == "segment" and region.labels == ["segment"]
     assert region.mask.shape == (240, 320) and region.mask.any()
     assert region.texts == {"caption": ["updated caption"]} and region.choices == {"rating": ["2"]}
 

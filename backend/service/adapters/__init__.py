@@ -10,9 +10,9 @@ import logging
 from typing import Any
 
 from ..config import ServiceConfig
-from ..runtime import ModelRuntime
+from ..runtime import Runtime
 from .base import CLASSES, ZERO_GUIDANCE, ControlAdapter, LabelConfigError, control_mode
-from .class_masks import ClassBrushAdapter, ClassPolygonAdapter
+from .class_masks import ClassBrushAdapter, ClassMaskAdapter, ClassPolygonAdapter
 from .zero_guidance import ZeroGuidanceBrushAdapter, ZeroGuidancePolygonAdapter
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ EXAMPLE_CONFIG = """<View>
 </View>"""
 
 
-def detect_adapters(interface: Any, config: ServiceConfig, runtime: ModelRuntime) -> list[ControlAdapter]:
+def detect_adapters(interface: Any, config: ServiceConfig, runtime: Runtime) -> list[ControlAdapter]:
     """The adapters serving ``interface``'s controls (skipped and unsupported tags left out)."""
     adapters: list[ControlAdapter] = []
     for control in interface.controls or []:
@@ -59,6 +59,7 @@ __all__ = [
     "CLASSES",
     "ZERO_GUIDANCE",
     "ClassBrushAdapter",
+    "ClassMaskAdapter",
     "ClassPolygonAdapter",
     "ControlAdapter",
     "LabelConfigError",

@@ -13,26 +13,23 @@ import logging
 import math
 import uuid
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import numpy as np
 
 from ..config import ServiceConfig, parse_bool
 from ..images import LoadedImage
 from ..masks import mask_to_polygons, mask_to_rle
-from ..runtime import ModelRuntime
+from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
+SettingsT = TypeVar("SettingsT")
+
+# The two modes, spelt one way everywhere (the ``model_mode`` attribute, version hashes, logs).
 ZERO_GUIDANCE = "zero-guidance"
 CLASSES = "classes"
-_MODE_ALIASES = {
-    "zero-guidance": ZERO_GUIDANCE,
-    "zero_guidance": ZERO_GUIDANCE,
-    "zeroguide": ZERO_GUIDANCE,
-    "classes": CLASSES,
-    "fmbseg": CLASSES,
-}
+MODES = (ZERO_GUIDANCE, CLASSES)
 
 
 class LabelConfigError(ValueError):
@@ -82,8 +79,8 @@ def control_mode(control: Any, interface: Any) -> str:
     """
     raw = control.attr.get("model_mode")
     if raw is not None:
-        mode = _MODE_ALIASES.get(str(raw).strip().lower())
-        if mode is None:
+        mode = str(raw).strip().lower()
+        if mode not in MODES:
             raise LabelConfigError(
                 f'<{control.tag} name="{control.name}" model_mode="{raw}">: model_mode must be '
                 f'"zero-guidance" or "classes"'
@@ -140,30 +137,34 @@ class TagOptions:
         raw = self._raw(attribute)
         return default if raw is None else raw
 
-    def settings(self, attribute: str, environment_defaults: Mapping[str, Any]) -> dict[str, Any]:
-        """Method-setting overrides: the environment's JSON, updated by the tag's JSON attribute."""
-        merged = dict(environment_defaults)
+    def project_settings(self, attribute: str, resolve: Callable[[Mapping[str, Any], str], SettingsT]) -> SettingsT:
+        """The method settings in force for this tag: ``resolve(the tag's JSON object, where)``.
+
+        The tag's JSON (``model_settings='{"merge_threshold": 0.7}'``) is a project's: it passes
+        the settings' allow-list; a refused or misspelt field is a :class:`LabelConfigError` (400)
+        naming it and listing the allowed ones.
+        """
+        where = self._where(attribute)
         raw = self._raw(attribute)
+        overrides: Any = {}
         if raw is not None:
             try:
                 overrides = json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise LabelConfigError(f"{self._where(attribute)} must be a JSON object: {error}") from None
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise LabelConfigError(f"{where} must be a JSON object: {error}") from None
             if not isinstance(overrides, dict):
-                raise LabelConfigError(f"{self._where(attribute)} must be a JSON object")
-            merged.update(overrides)
-        return merged
+                raise LabelConfigError(f"{where} must be a JSON object")
+        try:
+            return resolve(overrides, where)
+        except ValueError as error:
+            raise LabelConfigError(str(error)) from None
 
 
-def clip_score(score: Any) -> float | None:
-    """A score Label Studio accepts (a float in [0, 1]), or ``None`` when there is none."""
-    try:
-        value = float(score)
-    except (TypeError, ValueError):
+def label_studio_score(score: float | None) -> float | None:
+    """``score`` clamped into [0, 1], the range Label Studio accepts; ``None`` when there is none."""
+    if score is None or not math.isfinite(score):
         return None
-    if not math.isfinite(value):
-        return None
-    return min(1.0, max(0.0, value))
+    return min(1.0, max(0.0, float(score)))
 
 
 class ControlAdapter(ABC):
@@ -176,7 +177,7 @@ class ControlAdapter(ABC):
     tag: ClassVar[str]
     mode: ClassVar[str]
 
-    def __init__(self, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime) -> None:
+    def __init__(self, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime) -> None:
         image = image_object(control)
         if image is None:  # is_control_matched guarantees one
             raise LabelConfigError(f'<{control.tag} name="{control.name}"> is not attached to an <Image>')
@@ -202,9 +203,7 @@ class ControlAdapter(ABC):
         )
 
     @classmethod
-    def create(
-        cls, control: Any, interface: Any, config: ServiceConfig, runtime: ModelRuntime
-    ) -> "ControlAdapter | None":
+    def create(cls, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime) -> "ControlAdapter | None":
         if TagOptions(control, config).flag("model_skip", False):
             logger.info('skipping <%s name="%s">: model_skip="true"', control.tag, control.name)
             return None

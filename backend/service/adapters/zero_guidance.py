@@ -2,7 +2,13 @@
 
 Each segment becomes one region: its mask (brush RLE, or one polygon per connected component)
 labelled with the tag's label, plus a result of the per-region ``TextArea`` carrying the
-generated text under the **same region id**, and the segment's merge score as region score.
+generated text under the **same region id**.
+
+The region score is the segment's ``text_score``: the CLIP cosine similarity between the segment's
+embedding and its text's (section 3.3; about 0.2-0.35 with real CLIP weights), defined for every
+segment. Segments are sorted by it (best first), ``model_max_regions`` keeps the first ones and
+``model_score_threshold`` drops those below it. (The merge score of section 3.4 only exists for
+merged segments and is on another scale: it is not used here.)
 """
 
 from __future__ import annotations
@@ -12,15 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from ...zeroguide.results import ZeroGuidanceResult
 from ..images import LoadedImage
-from ..runtime import settings_key
+from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, zero_guidance_settings
 from .base import (
     ZERO_GUIDANCE,
     BrushShape,
     ControlAdapter,
     LabelConfigError,
     PolygonShape,
-    clip_score,
+    label_studio_score,
     per_region_text_areas,
 )
 
@@ -45,7 +52,9 @@ class _ZeroGuidanceAdapter(ControlAdapter):
             )
         self.text_area = self._find_text_area()
         self.max_regions = self.options.integer("model_max_regions", self.config.max_regions, minimum=1)
-        self.settings_overrides = self.options.settings("model_settings", self.config.zeroguide_settings)
+        self.settings = self.options.project_settings(
+            PROJECT_SETTINGS_ATTRIBUTE, lambda project, where: zero_guidance_settings(self.config, project, where)
+        )
 
     def _find_text_area(self) -> Any | None:
         wanted = self.options.text("model_text_area")
@@ -72,29 +81,29 @@ class _ZeroGuidanceAdapter(ControlAdapter):
             "label": self.label,
             "text_area": self.text_area.name if self.text_area is not None else None,
             "max_regions": self.max_regions,
-            "settings": self.settings_overrides,
+            "settings": self.settings.to_dict(),
         }
 
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
-        key = ("zero-guidance", image.source, settings_key(self.settings_overrides))
+        key = (ZERO_GUIDANCE, image.source, self.settings.fingerprint())
         if key not in cache:
-            segmenter = self.runtime.zero_guidance(self.settings_overrides)
+            segmenter = self.runtime.zero_guidance(self.settings)
             with self.runtime.inference_lock:
                 cache[key] = segmenter.segment(image.pixels)
-        segments = list(cache[key].segments)
-        scored = [(clip_score(getattr(segment, "score", None)), segment) for segment in segments]
-        scored.sort(key=lambda item: 1.0 if item[0] is None else -item[0])  # best first, unscored last
+        result: ZeroGuidanceResult = cache[key]
+        segments = sorted(result.segments, key=lambda segment: -segment.text_score)  # best first
         results: list[dict] = []
         kept = 0
-        for score, segment in scored:
+        for segment in segments:
             if kept >= self.max_regions:
                 break
+            score = label_studio_score(segment.text_score)
             if score is not None and score < self.score_threshold:
                 continue
             mask = image.mask_to_original(np.asarray(segment.mask))
             if not mask.any() or int(mask.sum()) < self.min_area:
                 continue
-            text = str(getattr(segment, "text", "") or "").strip()
+            text = segment.text.strip()
             for shape in self.shape_results(image, mask, self.label, score):
                 results.append(shape)
                 if self.text_area is not None and text:
