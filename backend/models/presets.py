@@ -101,7 +101,9 @@ PRESETS: dict[str, Preset] = {
         name="tiny",
         description="Tiny architectures with seeded random weights: tests only.",
         clip=ClipSpec("zg-tiny-clip", None),
-        dino=TimmSpec("vit_small_patch8_224", "DINO_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}),
+        dino=TimmSpec(
+            "vit_small_patch8_224", "DINO_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 64}
+        ),
         dinov2=TimmSpec(
             "vit_small_patch14_dinov2", "DINOV2_WEIGHTS", {"embed_dim": 32, "depth": 2, "num_heads": 2, "img_size": 112}
         ),
@@ -110,7 +112,12 @@ PRESETS: dict[str, Preset] = {
         random_weights=True,
         method_overrides={
             "zeroguide": {"dino_image_size": 64, "dino_stride": 4, "n_clusters": 6},
-            "fmbseg": {"clip_image_size": 128, "dinov2_image_size": 112, "sam_image_size": 128, "sam_points_per_side": 4},
+            "fmbseg": {
+                "clip_image_size": 128,
+                "dinov2_image_size": 112,
+                "sam_image_size": 128,
+                "sam_points_per_side": 4,
+            },
         },
     ),
 }
