@@ -11,8 +11,9 @@ The names below are imported on first use (PEP 562), so that ``backend.fmbseg.re
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from backend.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .pipeline import FMbSegPredictor
@@ -27,14 +28,4 @@ _SUBMODULE = {  # exported name -> the submodule defining it
 }
 __all__ = ["ClassMaskPrediction", "FMbSegPredictor", "FMbSegSettings", "LabelledMask"]
 
-
-def __getattr__(name: str) -> object:
-    if name not in _SUBMODULE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_SUBMODULE[name]}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _SUBMODULE)

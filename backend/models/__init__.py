@@ -6,8 +6,7 @@ Names are imported on first use (PEP 562), so ``backend.models.presets`` and
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from backend.lazy import lazy_exports
 
 _EXPORTS = {
     "PRESETS": "presets",
@@ -22,9 +21,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

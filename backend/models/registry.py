@@ -7,13 +7,7 @@ returns a :class:`FoundationModels` whose members load lazily, once per process.
     >>> models = load_models("tiny")        # nothing is built yet
     >>> models.clip.encode_text(["a cat"])  # builds CLIP now
 
-Presets:
-    ``paper``: the papers' models: CLIP ViT-L/14@336 (OpenAI), DINO ViT-S/8, GPT-2 medium,
-        SAM ViT-H, DINOv2 ViT-L/14.
-    ``cpu``: what serves a CPU user: CLIP ViT-B/16 (OpenAI), DINO ViT-S/8 at a coarser stride,
-        GPT-2 (124M), SAM ViT-B, DINOv2 ViT-S/14.
-    ``tiny``: the same architectures at tiny widths and depths with seeded random weights, built
-        in well under a second: tests only. Everything computed with it says so.
+The presets themselves are data in :mod:`backend.models.presets`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ types) and ``backend.zeroguide.captioning.settings`` / ``.registry`` import with
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from backend.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .pipeline import ZeroGuidanceSegmenter
@@ -29,15 +30,4 @@ _EXPORTS = {
 
 __all__ = ["Segment", "ZeroGuidanceResult", "ZeroGuidanceSegmenter", "ZeroGuideSettings"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
