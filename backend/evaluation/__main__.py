@@ -233,7 +233,7 @@ def _sentence_encoder(device: str | None):
 def _segment_embeddings(args: argparse.Namespace, predictions: list[PredictionFile]):
     """ST inputs: per image (K, D) CLIP segment embeddings, and the CLIP text encoder for labels."""
     from ..models import MissingWeightsError, load_models
-    from ..models.clip import SegmentEncoding
+    from ..models.settings import SegmentEncoding
     from ..outputs import read_image
 
     if "{}" not in args.template:

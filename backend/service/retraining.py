@@ -96,7 +96,8 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
     """
     from ..fmbseg import FMbSegPredictor, LabelledMask
     from ..fmbseg.loss import LossSettings
-    from ..fmbseg.training import CheckpointError, TrainingSettings
+    from ..fmbseg.checkpoints import CheckpointError
+    from ..fmbseg.training import TrainingSettings
     from ..models import load_models
 
     if not request.label_config:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..models import MissingWeightsError, list_presets, load_models
-from ..models.clip import SegmentEncoding
+from ..models.settings import SegmentEncoding
 from ..outputs import ReadableImages, draw_overlay, encode_rle, write_json
 from .captioning.registry import captioner_names, captioner_settings
 from .settings import ZeroGuideSettings
