@@ -125,9 +125,10 @@ def _call(
     if method == "segment" and isinstance(settings, ZeroGuideSettings):
         return runtime.zero_guidance(settings).segment(arguments["image"])
     if method == "predict" and isinstance(settings, FMbSegSettings):
-        return runtime.fmbseg(settings).predict(**arguments)
+        project = arguments.pop("project")
+        return runtime.fmbseg(settings, project).predict(**arguments)
     if method == "trained_classes" and isinstance(settings, FMbSegSettings):
-        return runtime.fmbseg(settings).trained_classes()
+        return runtime.fmbseg(settings, arguments["project"]).trained_classes()
     raise ValueError(f"unknown method {method!r} for {type(settings).__name__}")
 
 
@@ -302,9 +303,9 @@ class ProcessModelRuntime:
         self.wait_until_ready(self.config.model_load_wait_s)
         return _RemoteSegmenter(self, settings)
 
-    def fmbseg(self, settings: FMbSegSettings) -> "_RemotePredictor":
+    def fmbseg(self, settings: FMbSegSettings, project: int | None = None) -> "_RemotePredictor":
         self.wait_until_ready(self.config.model_load_wait_s)
-        return _RemotePredictor(self, settings)
+        return _RemotePredictor(self, settings, project)
 
     def forget_facades(self) -> None:
         with self._lock:
@@ -342,14 +343,20 @@ class _RemoteSegmenter:
 class _RemotePredictor:
     """An FMbSeg facade whose work runs in the model process."""
 
-    def __init__(self, runtime: ProcessModelRuntime, settings: FMbSegSettings) -> None:
-        self.runtime, self.settings = runtime, settings
+    def __init__(self, runtime: ProcessModelRuntime, settings: FMbSegSettings, project: int | None) -> None:
+        self.runtime, self.settings, self.project = runtime, settings, project
 
     def predict(
         self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None, open_vocabulary: bool = False
     ) -> ClassMaskPrediction:
-        arguments = {"image": image, "classes": list(classes), "refine": refine, "open_vocabulary": open_vocabulary}
+        arguments = {
+            "image": image,
+            "classes": list(classes),
+            "refine": refine,
+            "open_vocabulary": open_vocabulary,
+            "project": self.project,
+        }
         return self.runtime._request(("call", "predict", self.settings), arguments)
 
     def trained_classes(self) -> list[str] | None:
-        return self.runtime._request(("call", "trained_classes", self.settings), {})
+        return self.runtime._request(("call", "trained_classes", self.settings), {"project": self.project})

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..fmbseg.settings import FMbSegSettings
 from .hooks import TrainingRequest
+from .runtime import project_checkpoint_prefix
 from .training import annotation_regions
 from .vocabulary import ClassMaskTag
 
@@ -160,7 +161,7 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
         )
     target_dir = Path(request.checkpoint_dir)
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"fmbseg-project-{request.project_id}-{checkpoint.version}.safetensors"
+    target = target_dir / f"{project_checkpoint_prefix(request.project_id)}{checkpoint.version}.safetensors"
     os.replace(work_path, target)  # same file system: atomic; prediction sees the finished file only
     logger.info("retraining: %d images, %d regions -> %s", len(examples), regions_used, target)
     return {

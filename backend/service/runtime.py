@@ -92,7 +92,7 @@ class Runtime(Protocol):
 
     def zero_guidance(self, settings: ZeroGuideSettings) -> Segmenter: ...
 
-    def fmbseg(self, settings: FMbSegSettings) -> ClassPredictor: ...
+    def fmbseg(self, settings: FMbSegSettings, project: int | None = None) -> ClassPredictor: ...
 
     def forget_facades(self) -> None: ...
 
@@ -162,20 +162,30 @@ class CheckpointLocator:
         """Where training writes FMbSeg alignment checkpoints: ``MODEL_DIR/checkpoints/fmbseg``."""
         return self.config.model_dir / FMBSEG_CHECKPOINT_SUBDIR
 
-    def path(self) -> Path | None:
-        """``FMBSEG_CHECKPOINT`` if set, else the newest checkpoint file in :attr:`directory`."""
+    def path(self, project: int | None = None) -> Path | None:
+        """The checkpoint ``project`` is served with.
+
+        ``FMBSEG_CHECKPOINT`` if set (the operator's, for every project); else the newest of the
+        project's own checkpoints (``fmbseg-project-<id>-*``, written by retraining on its
+        corrections); else the newest checkpoint that belongs to no project (one the operator put
+        in :attr:`directory`); else ``None`` (FMbSeg Stage 1). Retraining one project never
+        changes another's checkpoint.
+        """
         if self.config.fmbseg_checkpoint is not None:
             return self.config.fmbseg_checkpoint
         if not self.directory.is_dir():
             return None
-        candidates = [p for p in self.directory.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+        files = [p for p in self.directory.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+        own = [p for p in files if p.name.startswith(project_checkpoint_prefix(project))]
+        shared = [p for p in files if not p.name.startswith(PROJECT_CHECKPOINT_PREFIX)]
+        candidates = own or shared
         if not candidates:
             return None
         return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
-    def version(self) -> str:
+    def version(self, project: int | None = None) -> str:
         """``"base"`` without a checkpoint, else ``"<file stem>-<first 8 hex of its SHA-256>"``."""
-        path = self.path()
+        path = self.path(project)
         if path is None:
             return "base"
         try:
@@ -194,6 +204,24 @@ class CheckpointLocator:
             with self._lock:
                 self._versions[key] = version
         return version
+
+
+PROJECT_CHECKPOINT_PREFIX = "fmbseg-project-"
+
+
+def project_checkpoint_prefix(project: int | None) -> str:
+    """The file-name prefix of ``project``'s alignment checkpoints: ``fmbseg-project-<id>-``."""
+    return f"{PROJECT_CHECKPOINT_PREFIX}{'none' if project is None else int(project)}-"
+
+
+def project_number(project: str | int | None) -> int | None:
+    """Label Studio's project id as a number (``"7"`` or ``"7.1795304640"`` -> 7; None when absent or odd)."""
+    if project is None:
+        return None
+    try:
+        return int(str(project).split(".")[0])
+    except ValueError:
+        return None
 
 
 class ModelRuntime:
@@ -304,11 +332,11 @@ class ModelRuntime:
         key = ("zero-guidance", settings.fingerprint())
         return self._facade(key, lambda: self.methods.zero_guidance(models, settings))
 
-    def fmbseg(self, settings: FMbSegSettings) -> ClassPredictor:
-        """The FMbSeg facade for these settings and the current checkpoint (``predict(...)``)."""
+    def fmbseg(self, settings: FMbSegSettings, project: int | None = None) -> ClassPredictor:
+        """The FMbSeg facade for these settings and ``project``'s current checkpoint (``predict(...)``)."""
         models = self.wait_until_ready(self.config.model_load_wait_s)
-        checkpoint = self.checkpoints.path()
-        key = ("classes", settings.fingerprint(), str(checkpoint), self.checkpoints.version())
+        checkpoint = self.checkpoints.path(project)
+        key = ("classes", settings.fingerprint(), str(checkpoint), self.checkpoints.version(project))
         return self._facade(key, lambda: self.methods.fmbseg(models, settings, checkpoint))
 
     def _facade(self, key: tuple, build: Callable[[], Any]) -> Any:

@@ -28,7 +28,7 @@ from .adapters import (
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageFetchError
 from .ml_base import MLBackendBase, ModelResponse
-from .runtime import ModelsNotReady, Runtime
+from .runtime import ModelsNotReady, Runtime, project_number
 from .training import TrainingCoordinator
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,14 @@ class SegmentationMLBackend(MLBackendBase):
         self.config_error: LabelConfigError | None = None
         super().__init__(label_config, project_id)
 
+    @property
+    def project(self) -> int | None:
+        """Label Studio's project id as a number (its alignment checkpoint is its own)."""
+        return project_number(self.project_id)
+
     def setup(self) -> None:
         try:
-            self.adapters = detect_adapters(self.label_interface, self.config, self.runtime)
+            self.adapters = detect_adapters(self.label_interface, self.config, self.runtime, self.project)
         except LabelConfigError as error:
             self.config_error = error
             return
@@ -130,7 +135,8 @@ class SegmentationMLBackend(MLBackendBase):
             parts.append(f"zg.{short_hash({**common, 'tags': zero_guidance})}")
         classes = [a.version_inputs() for a in self.adapters if a.mode == CLASSES]
         if classes:
-            parts.append(f"fmbseg.{short_hash({**common, 'tags': classes})}.{self.runtime.checkpoints.version()}")
+            checkpoint = self.runtime.checkpoints.version(self.project)
+            parts.append(f"fmbseg.{short_hash({**common, 'tags': classes})}.{checkpoint}")
         return "-".join(parts)
 
     # ---- predict --------------------------------------------------------------------------

@@ -255,3 +255,31 @@ def test_a_failing_tag_keeps_the_other_tags_results(config, fake_ls):
     )
     reply = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png", label_config=only_classes)).json
     assert reply["results"][0]["result"] == [] and "ImportError" in reply["warnings"][0]
+
+
+def test_each_project_is_served_its_own_checkpoint(config, fake_ls, fake_methods):
+    """Retraining project 2 changes neither project 1's model version nor its predictions."""
+    fake_ls.state.public["/ok.png"] = png_bytes(sample_image())
+    client = create_app(config.replace(model_preset="tiny"), methods=fake_methods).test_client()
+
+    def version(project):
+        return client.post("/setup", json={"schema": CONFIG_XML, "project": f"{project}.1700000000"}).json[
+            "model_version"
+        ]
+
+    def predict(project):
+        body = {**predict_body(fake_ls.url + "/ok.png"), "project": f"{project}.1700000000"}
+        assert client.post("/predict", json=body).status_code == 200
+        return fake_methods.predictors[-1].checkpoint_path
+
+    before = {1: version(1), 2: version(2)}
+    assert before[1] == before[2] and before[1].endswith(".base")
+    checkpoints = config.model_dir / "checkpoints" / "fmbseg"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "fmbseg-project-2-v1.safetensors").write_bytes(b"project 2 weights")
+    assert version(1) == before[1] and predict(1) is None  # project 1: still Stage 1
+    assert version(2) != before[2] and ".fmbseg-project-2-v1-" in version(2)
+    assert predict(2) == checkpoints / "fmbseg-project-2-v1.safetensors"
+    (checkpoints / "operator-shared.safetensors").write_bytes(b"an operator's module")
+    assert ".operator-shared-" in version(1) and predict(1) == checkpoints / "operator-shared.safetensors"
+    assert ".fmbseg-project-2-v1-" in version(2)  # a project's own checkpoint wins over a shared one

@@ -32,13 +32,15 @@ EXAMPLE_CONFIG = """<View>
 </View>"""
 
 
-def detect_adapters(interface: Any, config: ServiceConfig, runtime: Runtime) -> list[ControlAdapter]:
+def detect_adapters(
+    interface: Any, config: ServiceConfig, runtime: Runtime, project: int | None = None
+) -> list[ControlAdapter]:
     """The adapters serving ``interface``'s controls (skipped and unsupported tags left out)."""
     adapters: list[ControlAdapter] = []
     for control in interface.controls or []:
         for adapter_class in AVAILABLE_ADAPTERS:
             if adapter_class.is_control_matched(control, interface):
-                adapter = adapter_class.create(control, interface, config, runtime)
+                adapter = adapter_class.create(control, interface, config, runtime, project)
                 if adapter is not None:
                     adapters.append(adapter)
                     logger.debug("control %s served by %r", control.name, adapter)

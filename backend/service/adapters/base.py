@@ -177,7 +177,9 @@ class ControlAdapter(ABC):
     tag: ClassVar[str]
     mode: ClassVar[str]
 
-    def __init__(self, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime) -> None:
+    def __init__(
+        self, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime, project: int | None = None
+    ) -> None:
         image = image_object(control)
         if image is None:  # is_control_matched guarantees one
             raise LabelConfigError(f'<{control.tag} name="{control.name}"> is not attached to an <Image>')
@@ -185,6 +187,7 @@ class ControlAdapter(ABC):
         self.interface = interface
         self.config = config
         self.runtime = runtime
+        self.project = project  # Label Studio's project id: whose alignment checkpoint serves it
         self.from_name: str = control.name
         self.to_name: str = image.name
         self.image_key: str = image.value_name  # "image" for value="$image"
@@ -203,11 +206,13 @@ class ControlAdapter(ABC):
         )
 
     @classmethod
-    def create(cls, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime) -> "ControlAdapter | None":
+    def create(
+        cls, control: Any, interface: Any, config: ServiceConfig, runtime: Runtime, project: int | None = None
+    ) -> "ControlAdapter | None":
         if TagOptions(control, config).flag("model_skip", False):
             logger.info('skipping <%s name="%s">: model_skip="true"', control.tag, control.name)
             return None
-        return cls(control, interface, config, runtime)
+        return cls(control, interface, config, runtime, project)
 
     @abstractmethod
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:

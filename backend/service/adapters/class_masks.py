@@ -84,7 +84,7 @@ class ClassMaskAdapter(ControlAdapter):
         }
 
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
-        predictor = self.runtime.fmbseg(self.settings)
+        predictor = self.runtime.fmbseg(self.settings, self.project)
         classes, open_vocabulary = self._vocabulary(predictor.trained_classes())
         key = (CLASSES, image.source, tuple(classes), self.refine, open_vocabulary, self.settings.fingerprint())
         if key not in cache:
