@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .presets import PRESETS, ClipSpec, Preset, SamSpec, TimmSpec, get_preset, list_presets
-from .weights import MissingWeightsError, local_weights_path
+from .weights import MissingWeightsError, go_offline_unless_hub_answers, local_weights_path
 
 __all__ = [
     "ClipSpec",
@@ -76,6 +76,8 @@ def _build_clip(spec: ClipSpec, device: torch.device, random_weights: bool = Fal
     if spec.pretrained is not None and not random_weights:
         path = local_weights_path(spec.env_var, description, f"open_clip weights for {spec.arch}")
         pretrained = str(path) if path else spec.pretrained
+        if path is None:
+            go_offline_unless_hub_answers()
     try:
         model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device)
     except Exception as error:  # a hub that cannot be reached, a corrupt file, ...
@@ -96,6 +98,8 @@ def _build_timm(spec: TimmSpec, device: torch.device, random_weights: bool, **ex
         path = local_weights_path(spec.env_var, f"timm {spec.name}", "a timm checkpoint file")
         if path is not None:
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        else:
+            go_offline_unless_hub_answers()
     try:
         model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
     except Exception as error:

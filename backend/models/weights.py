@@ -9,10 +9,20 @@ expected, and the variable to set.
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["MissingWeightsError", "local_weights_path"]
+__all__ = ["MissingWeightsError", "go_offline_unless_hub_answers", "local_weights_path"]
+
+logger = logging.getLogger(__name__)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+_probe_lock = threading.Lock()
+_probed = False
 
 
 class MissingWeightsError(RuntimeError):
@@ -52,3 +62,38 @@ def local_weights_path(env_var: str, model: str, expected: str) -> Path | None:
     if not path.exists():
         raise MissingWeightsError(model, f"{expected} at {path} ({env_var} points there)", env_var)
     return path
+
+
+def go_offline_unless_hub_answers(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Before a first download from the Hugging Face hub: is it reachable? Returns True if so.
+
+    Without a network the hub clients retry for minutes before they give up, and the service's
+    ``/health`` says "loading" all that time. One TCP connection to the hub (``HF_ENDPOINT``,
+    default huggingface.co:443) with a short timeout decides instead: when it fails, this process
+    sets ``HF_HUB_OFFLINE=1``, so open_clip, timm and transformers look only in their local
+    caches and a missing weight fails at once with :class:`MissingWeightsError`. Skipped (False)
+    when ``HF_HUB_OFFLINE`` is already set; probed once per process.
+    """
+    global _probed
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    with _probe_lock:
+        if _probed:
+            return os.environ.get("HF_HUB_OFFLINE") != "1"
+        _probed = True
+        endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            return True
+        except OSError as error:
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            logger.warning(
+                "the Hugging Face hub (%s:%s) did not answer within %.0f s (%s): working offline "
+                "(HF_HUB_OFFLINE=1), from local files and caches only",
+                host,
+                port,
+                timeout_s,
+                type(error).__name__,
+            )
+            return False

@@ -92,7 +92,7 @@ class ServiceConfig:
     """Everything the service reads from the environment (see docs/service.md)."""
 
     # --- server -------------------------------------------------------------------------
-    host: str = "0.0.0.0"  # HOST
+    host: str = "127.0.0.1"  # HOST: this machine only; the Docker image sets 0.0.0.0
     port: int = 9090  # PORT
     threads: int = 8  # GUNICORN_THREADS: request threads of the single gunicorn worker
     worker_timeout_s: int = 600  # GUNICORN_TIMEOUT
@@ -174,7 +174,7 @@ class ServiceConfig:
         checkpoint = _text(env, "FMBSEG_CHECKPOINT")
         local_root = _text(env, "LOCAL_FILES_DOCUMENT_ROOT")
         return cls(
-            host=_text(env, "HOST", "0.0.0.0"),
+            host=_text(env, "HOST", "127.0.0.1"),
             port=_int(env, "PORT", 9090, minimum=1),
             threads=_int(env, "GUNICORN_THREADS", 8, minimum=1),
             worker_timeout_s=_int(env, "GUNICORN_TIMEOUT", 600, minimum=0),
