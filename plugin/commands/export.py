@@ -6,25 +6,25 @@ import argparse
 from pathlib import Path
 
 from plugin.connection import LabelStudioConnection
-from plugin.dataset import COCO_FILE, DATASET_FILE, FORMATS, YOLO_FILE, ExportOptions, export_project
+from plugin.dataset import FORMATS, ExportOptions, export_project
 from plugin.formats import COCO_MASKS
 
 NAME = "export"
 HELP = "write a project's annotations as a dataset folder: PNG masks + JSON, COCO, or YOLO-seg"
-DESCRIPTION = f"""\
+DESCRIPTION = """\
 Export the annotations of a project into --out. Every format copies each annotated task's
 image, as Label Studio serves it, to images/<task>-<name>.
 
 --format png (default)
   masks/<task>/<annotation>-<region>.png  one 8-bit mask per brush region (255 inside)
-  {DATASET_FILE}                          per annotation: image, size, and per region its
+  dataset.json                            per annotation: image, size, and per region its
                                           labels, mask, area, texts, choices and 0-3 rating
 --format coco [--coco-masks rle|polygon]
-  {COCO_FILE}                             COCO instances: one per region and label; masks as
+  result.json                             COCO instances: one per region and label; masks as
                                           RLE (exact, default) or polygons (holes filled);
                                           the region's text and rating as "attributes"
 --format yolo
-  labels/<task>-<name>.txt, {YOLO_FILE}   Ultralytics YOLO-seg: one polygon line per connected
+  labels/<task>-<stem>.txt, data.yaml     Ultralytics YOLO-seg: one polygon line per connected
                                           piece of a region (holes filled); no text or rating
 
 Categories (COCO ids from 1, YOLO classes from 0) are the labels of the config's BrushLabels
