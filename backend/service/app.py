@@ -35,6 +35,7 @@ from .ls_auth import LabelStudioAuth
 from .metrics import ServiceMetrics
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady
 from .segmentation_model import SegmentationMLBackend
+from .ssrf import origin_of
 from .training import TrainingCoordinator, TrainingHook
 from .webhooks import PayloadError, WebhookProcessor
 
@@ -128,13 +129,18 @@ class SegmentationService:
         return model
 
     def image_source_for(self, project: str | None) -> ImageSource:
-        """Where images come from: the environment's Label Studio credentials, else ``/setup``'s."""
+        """Where images come from: the environment's Label Studio credentials, else ``/setup``'s.
+
+        The operator's key (``LABEL_STUDIO_API_KEY``, which requires ``LABEL_STUDIO_URL``) only ever
+        goes to ``LABEL_STUDIO_URL``; a ``/setup`` token only to the ``/setup`` hostname's origin.
+        """
         url, key = self.config.label_studio_url, self.config.label_studio_api_key
         context = self.project_context(project)
         if url is None and context is not None and context.hostname:
             url = context.hostname.rstrip("/")
-        if key is None and context is not None and context.access_token:
-            key = context.access_token
+        if key is None and context is not None and context.access_token and url is not None:
+            if context.hostname is None or origin_of(context.hostname) == origin_of(url):
+                key = context.access_token
         return ImageSource(
             self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root
         )

@@ -151,6 +151,11 @@ class ServiceConfig:
             if not self.label_studio_url.startswith(("http://", "https://")):
                 raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
+        if self.label_studio_api_key is not None and self.label_studio_url is None:
+            raise ValueError(
+                "LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: set LABEL_STUDIO_URL to Label Studio's "
+                "address (the key is only ever sent there, never to a hostname from /setup or a task)"
+            )
 
     @property
     def basic_auth_enabled(self) -> bool:

@@ -314,7 +314,7 @@ class ImageFetcher:
         headers = {}
         if with_auth:
             try:
-                headers.update(self.auth.headers())
+                headers.update(self.auth.headers_for(url))
             except LabelStudioAuthError as error:
                 raise ImageFetchError(str(error)) from None
         remaining = max(0.001, deadline - time.monotonic())
