@@ -35,7 +35,7 @@ from .ls_auth import LabelStudioAuth
 from .metrics import ServiceMetrics
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady
 from .segmentation_model import SegmentationMLBackend
-from .ssrf import origin_of
+from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
 from .webhooks import PayloadError, WebhookProcessor
 
@@ -86,6 +86,16 @@ class SegmentationService:
             timeout_s=config.image_timeout_s,
             max_pixels=config.image_max_pixels,
             model_max_pixels=config.model_max_pixels,
+        )
+        # Exempt from the SSRF checks: LABEL_STUDIO_URL (never a /setup hostname) and IMAGE_ALLOWED_HOSTS.
+        self.ssrf_policy = SsrfPolicy(
+            enabled=config.ssrf_protection_enabled,
+            allowed_hosts=config.image_allowed_hosts,
+            trusted_origin=config.label_studio_url,
+        )
+        # One guarded session for all image downloads (keep-alive across requests); see ssrf.py.
+        self.image_session = (
+            ssrf_safe_session(SsrfGuard(self.ssrf_policy)) if config.ssrf_protection_enabled else self.session
         )
 
     # ---- projects and models ------------------------------------------------------------
@@ -142,7 +152,11 @@ class SegmentationService:
             if context.hostname is None or origin_of(context.hostname) == origin_of(url):
                 key = context.access_token
         return ImageSource(
-            self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root
+            self.limits,
+            label_studio_url=url,
+            api_key=key,
+            local_files_root=self.config.local_files_root,
+            ssrf=self.ssrf_policy,
         )
 
     def fetcher_for(self, project: str | None) -> ImageFetcher:
@@ -160,7 +174,8 @@ class SegmentationService:
             label_studio_url=source.label_studio_url,
             auth=auth,
             local_files_root=source.local_files_root,
-            session=self.session,
+            session=self.image_session,
+            ssrf=source.ssrf,
         )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .ssrf import parse_allowed_hosts
+
 FAILED_TASK_REPLIES = ("empty", "none")
 
 
@@ -130,6 +132,10 @@ class ServiceConfig:
     model_max_pixels: int = 1024 * 1024  # MODEL_MAX_PIXELS: larger images are downscaled
     failed_task_reply: str = "empty"  # FAILED_TASK_REPLY: empty | none
 
+    # --- image fetching safety (docs/reliability.md) ----------------------------------------
+    image_allowed_hosts: tuple[str, ...] = ()  # IMAGE_ALLOWED_HOSTS: host or host:port, exempt from SSRF checks
+    ssrf_protection_enabled: bool = True  # SSRF_PROTECTION_ENABLED (Label Studio's name); false: closed networks
+
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be in 1..65535, got {self.port}")
@@ -156,6 +162,12 @@ class ServiceConfig:
                 "LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: set LABEL_STUDIO_URL to Label Studio's "
                 "address (the key is only ever sent there, never to a hostname from /setup or a task)"
             )
+        if isinstance(self.image_allowed_hosts, str):
+            object.__setattr__(self, "image_allowed_hosts", tuple(self.image_allowed_hosts.split(",")))
+        object.__setattr__(
+            self, "image_allowed_hosts", tuple(h.strip() for h in self.image_allowed_hosts if h.strip())
+        )
+        parse_allowed_hosts(self.image_allowed_hosts)  # ValueError naming IMAGE_ALLOWED_HOSTS
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -199,6 +211,8 @@ class ServiceConfig:
             image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 100_000_000, minimum=1),
             model_max_pixels=_int(env, "MODEL_MAX_PIXELS", 1024 * 1024, minimum=1),
             failed_task_reply=_text(env, "FAILED_TASK_REPLY", "empty").lower(),
+            image_allowed_hosts=tuple((_text(env, "IMAGE_ALLOWED_HOSTS") or "").split(",")),
+            ssrf_protection_enabled=_bool(env, "SSRF_PROTECTION_ENABLED", True),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":
