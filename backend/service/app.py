@@ -86,6 +86,7 @@ class SegmentationService:
             timeout_s=config.image_timeout_s,
             max_pixels=config.image_max_pixels,
             model_max_pixels=config.model_max_pixels,
+            decode_concurrency=config.image_decode_concurrency,
         )
         # Exempt from the SSRF checks: LABEL_STUDIO_URL (never a /setup hostname) and IMAGE_ALLOWED_HOSTS.
         self.ssrf_policy = SsrfPolicy(

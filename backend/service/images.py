@@ -20,8 +20,10 @@ could read), the key only to Label Studio's origin and only while a redirect cha
 a byte limit (Content-Length and while streaming), a deadline for the whole download. URLs appear
 in messages and logs without their query strings (presigned URLs carry signatures there).
 
-Decoding guards: a pixel limit checked from the image header before decoding (plus PIL's own
-decompression-bomb check), first frame only, EXIF orientation applied, RGB conversion, and a
+Decoding guards: only PNG, JPEG, WebP, GIF (first frame), TIFF and BMP; a pixel limit checked
+from the image header before decoding (plus PIL's own decompression-bomb check); decoding under a
+process-wide semaphore (``IMAGE_DECODE_CONCURRENCY``) so that concurrent requests cannot multiply
+the peak memory; EXIF orientation applied; 16-bit images reduced to 8 bits; RGB conversion; a
 downscale to ``MODEL_MAX_PIXELS`` for the model. Masks come back to the original size with
 :meth:`LoadedImage.mask_to_original`.
 """
@@ -35,6 +37,7 @@ import logging
 import math
 import re
 import struct
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -44,7 +47,7 @@ import cv2
 import numpy as np
 import requests
 import urllib3
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .ls_auth import LabelStudioAuth, LabelStudioAuthError
 from .ssrf import (
@@ -63,6 +66,18 @@ LOCAL_FILES_PREFIX = "/data/local-files/"
 CHUNK_BYTES = 64 * 1024
 EXIF_ORIENTATION_TAG = 0x0112
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# EXIF orientation -> the transposition that shows the image upright (as ImageOps.exif_transpose)
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# The formats Label Studio images come in; every other PIL plugin (EPS, ICO, PSD, ...) stays shut.
+DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP")
 # Paths of Label Studio's own that may be fetched (with the key): its media, never its API.
 LABEL_STUDIO_MEDIA_PREFIXES = ("/data/upload/", LOCAL_FILES_PREFIX, "/storage-data/")
 PRESIGN_PATH = re.compile(r"/tasks/[0-9]+/presign/?")
@@ -88,6 +103,19 @@ class ImageFetchError(ValueError):
     """The task's image could not be fetched or decoded (the message says why)."""
 
 
+_decode_slots: dict[int, threading.BoundedSemaphore] = {}
+_decode_slots_lock = threading.Lock()
+
+
+def decode_slots(concurrency: int) -> threading.BoundedSemaphore:
+    """The process-wide semaphore that bounds how many images decode at once."""
+    with _decode_slots_lock:
+        slots = _decode_slots.get(concurrency)
+        if slots is None:
+            slots = _decode_slots[concurrency] = threading.BoundedSemaphore(concurrency)
+        return slots
+
+
 def media_path_problem(path: str) -> str | None:
     """Why a path on Label Studio's origin may not be fetched (``None``: a media path)."""
     decoded = urllib.parse.unquote(path)
@@ -107,11 +135,18 @@ class ImageLimits:
 
     max_bytes: int = 50 * 1024 * 1024
     timeout_s: float = 30.0
-    max_pixels: int = 100_000_000
+    max_pixels: int = 40_000_000
     model_max_pixels: int = 1024 * 1024
+    decode_concurrency: int = 2  # IMAGE_DECODE_CONCURRENCY: images decoded at once, process-wide
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1 or self.model_max_pixels < 1 or self.timeout_s <= 0:
+        if (
+            self.max_bytes < 1
+            or self.max_pixels < 1
+            or self.model_max_pixels < 1
+            or self.timeout_s <= 0
+            or self.decode_concurrency < 1
+        ):
             raise ValueError(f"image limits must be positive, got {self}")
 
 
@@ -166,11 +201,13 @@ def model_size_for(width: int, height: int, max_pixels: int) -> tuple[int, int]:
 def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> LoadedImage:
     """Decode image bytes into a :class:`LoadedImage`, enforcing ``limits``."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
     except Image.DecompressionBombError as error:
         raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ImageFetchError(f"{source}: not a readable image ({error})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error):
+        raise ImageFetchError(
+            f"{source}: not a readable image (supported: PNG, JPEG, WebP, GIF, TIFF, BMP)"
+        ) from None
 
     with image:
         width, height = image.size  # from the header; nothing decoded yet
@@ -181,36 +218,70 @@ def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> L
                 f"{source}: image is {width}x{height} = {width * height} pixels, more than "
                 f"IMAGE_MAX_PIXELS={limits.max_pixels}"
             )
-        try:
-            # PNG keeps EXIF after the pixel data: reading it may decode (and find truncation)
-            orientation = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
-            if orientation in TRANSPOSING_ORIENTATIONS:
-                original_width, original_height = height, width
-            else:
-                original_width, original_height = width, height
-            target = model_size_for(original_width, original_height, limits.model_max_pixels)
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
-            if image.format == "JPEG" and target != (original_width, original_height):
-                # Decode a JPEG at 1/2, 1/4 or 1/8 scale when that is still >= the target size.
-                draft_size = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
-                image.draft("RGB", draft_size)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = upright.convert("RGB")
-        except Image.DecompressionBombError as error:
-            raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
-        except (OSError, ValueError, SyntaxError, EOFError, struct.error) as error:
-            raise ImageFetchError(f"{source}: image data is corrupt or truncated ({error})") from None
-        if rgb.size != target:
-            rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        pixels = np.array(rgb, dtype=np.uint8)  # a writable copy (np.asarray of a PIL image is read-only)
+        with decode_slots(limits.decode_concurrency):
+            try:
+                # PNG keeps EXIF after the pixel data: reading it may decode (and find truncation)
+                orientation = _orientation(image)
+                if orientation in TRANSPOSING_ORIENTATIONS:
+                    original_width, original_height = height, width
+                else:
+                    original_width, original_height = width, height
+                target = model_size_for(original_width, original_height, limits.model_max_pixels)
+                if image.format in ("JPEG", "MPO") and target != (original_width, original_height):
+                    # Decode a JPEG at 1/2, 1/4 or 1/8 scale when that is still >= the target size.
+                    draft_size = target if orientation not in TRANSPOSING_ORIENTATIONS else target[::-1]
+                    image.draft("RGB", draft_size)
+                image.load()  # the first frame only: GIF/WebP/TIFF frames after it are never read
+                rgb = _to_rgb(image)
+                if orientation in ORIENTATION_TRANSPOSE:
+                    rgb = rgb.transpose(ORIENTATION_TRANSPOSE[orientation])
+                if rgb.size != target:
+                    rgb = rgb.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
+                pixels = np.array(rgb, dtype=np.uint8)  # writable (np.asarray of a PIL image is read-only)
+            except Image.DecompressionBombError as error:
+                raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
+            except MemoryError:
+                raise ImageFetchError(f"{source}: not enough memory to decode a {width}x{height} image") from None
+            except (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError) as error:
+                raise ImageFetchError(f"{source}: image data is corrupt or truncated ({error})") from None
     return LoadedImage(
         pixels=pixels,
         original_width=original_width,
         original_height=original_height,
         source=source,
     )
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8); 1 when absent or not a valid value."""
+    value = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, 8 bits a channel. 16-bit and 32-bit grey (``I;16``, ``I``, ``F``) keep their high bits
+    (PIL's own conversion would clip every value above 255 to white)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image)
+        if mode.startswith("I;16"):
+            grey = (values.astype(np.uint16) >> 8).astype(np.uint8)
+        else:
+            peak = float(values.max()) if values.size else 0.0
+            if mode == "F" and peak <= 1.0:
+                grey = np.clip(values * 255.0, 0, 255).astype(np.uint8)
+            elif peak <= 255:
+                grey = np.clip(values, 0, 255).astype(np.uint8)
+            elif peak <= 65535:
+                grey = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+            else:
+                grey = np.clip(values.astype(np.float32) * (255.0 / peak), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)
