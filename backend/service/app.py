@@ -36,6 +36,7 @@ from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
+from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
 from .webhooks import PayloadError, WebhookProcessor
 
@@ -86,6 +87,17 @@ class SegmentationService:
             timeout_s=config.image_timeout_s,
             max_pixels=config.image_max_pixels,
             model_max_pixels=config.model_max_pixels,
+            decode_concurrency=config.image_decode_concurrency,
+        )
+        # Exempt from the SSRF checks: LABEL_STUDIO_URL (never a /setup hostname) and IMAGE_ALLOWED_HOSTS.
+        self.ssrf_policy = SsrfPolicy(
+            enabled=config.ssrf_protection_enabled,
+            allowed_hosts=config.image_allowed_hosts,
+            trusted_origin=config.label_studio_url,
+        )
+        # One guarded session for all image downloads (keep-alive across requests); see ssrf.py.
+        self.image_session = (
+            ssrf_safe_session(SsrfGuard(self.ssrf_policy)) if config.ssrf_protection_enabled else self.session
         )
 
     # ---- projects and models ------------------------------------------------------------
@@ -129,15 +141,24 @@ class SegmentationService:
         return model
 
     def image_source_for(self, project: str | None) -> ImageSource:
-        """Where images come from: the environment's Label Studio credentials, else ``/setup``'s."""
+        """Where images come from: the environment's Label Studio credentials, else ``/setup``'s.
+
+        The operator's key (``LABEL_STUDIO_API_KEY``, which requires ``LABEL_STUDIO_URL``) only ever
+        goes to ``LABEL_STUDIO_URL``; a ``/setup`` token only to the ``/setup`` hostname's origin.
+        """
         url, key = self.config.label_studio_url, self.config.label_studio_api_key
         context = self.project_context(project)
         if url is None and context is not None and context.hostname:
             url = context.hostname.rstrip("/")
-        if key is None and context is not None and context.access_token:
-            key = context.access_token
+        if key is None and context is not None and context.access_token and url is not None:
+            if context.hostname is None or origin_of(context.hostname) == origin_of(url):
+                key = context.access_token
         return ImageSource(
-            self.limits, label_studio_url=url, api_key=key, local_files_root=self.config.local_files_root
+            self.limits,
+            label_studio_url=url,
+            api_key=key,
+            local_files_root=self.config.local_files_root,
+            ssrf=self.ssrf_policy,
         )
 
     def fetcher_for(self, project: str | None) -> ImageFetcher:
@@ -155,7 +176,8 @@ class SegmentationService:
             label_studio_url=source.label_studio_url,
             auth=auth,
             local_files_root=source.local_files_root,
-            session=self.session,
+            session=self.image_session,
+            ssrf=source.ssrf,
         )
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .ssrf import parse_allowed_hosts
+
 FAILED_TASK_REPLIES = ("empty", "none")
 
 
@@ -126,9 +128,14 @@ class ServiceConfig:
     local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT
     image_max_bytes: int = 50 * 1024 * 1024  # IMAGE_MAX_BYTES
     image_timeout_s: float = 30.0  # IMAGE_DOWNLOAD_TIMEOUT: whole download
-    image_max_pixels: int = 100_000_000  # IMAGE_MAX_PIXELS: larger images are refused
+    image_max_pixels: int = 40_000_000  # IMAGE_MAX_PIXELS: larger images are refused
     model_max_pixels: int = 1024 * 1024  # MODEL_MAX_PIXELS: larger images are downscaled
     failed_task_reply: str = "empty"  # FAILED_TASK_REPLY: empty | none
+
+    # --- image fetching safety (docs/reliability.md) ----------------------------------------
+    image_allowed_hosts: tuple[str, ...] = ()  # IMAGE_ALLOWED_HOSTS: host or host:port, exempt from SSRF checks
+    ssrf_protection_enabled: bool = True  # SSRF_PROTECTION_ENABLED (Label Studio's name); false: closed networks
+    image_decode_concurrency: int = 2  # IMAGE_DECODE_CONCURRENCY: images decoded at once
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -151,6 +158,19 @@ class ServiceConfig:
             if not self.label_studio_url.startswith(("http://", "https://")):
                 raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
+        if self.label_studio_api_key is not None and self.label_studio_url is None:
+            raise ValueError(
+                "LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: set LABEL_STUDIO_URL to Label Studio's "
+                "address (the key is only ever sent there, never to a hostname from /setup or a task)"
+            )
+        if isinstance(self.image_allowed_hosts, str):
+            object.__setattr__(self, "image_allowed_hosts", tuple(self.image_allowed_hosts.split(",")))
+        object.__setattr__(
+            self, "image_allowed_hosts", tuple(h.strip() for h in self.image_allowed_hosts if h.strip())
+        )
+        parse_allowed_hosts(self.image_allowed_hosts)  # ValueError naming IMAGE_ALLOWED_HOSTS
+        if self.image_decode_concurrency < 1:
+            raise ValueError(f"IMAGE_DECODE_CONCURRENCY must be >= 1, got {self.image_decode_concurrency}")
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -202,9 +222,12 @@ class ServiceConfig:
             local_files_root=Path(local_root) if local_root else None,
             image_max_bytes=_int(env, "IMAGE_MAX_BYTES", 50 * 1024 * 1024, minimum=1),
             image_timeout_s=_float(env, "IMAGE_DOWNLOAD_TIMEOUT", 30.0),
-            image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 100_000_000, minimum=1),
+            image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 40_000_000, minimum=1),
             model_max_pixels=_int(env, "MODEL_MAX_PIXELS", 1024 * 1024, minimum=1),
             failed_task_reply=_text(env, "FAILED_TASK_REPLY", "empty").lower(),
+            image_allowed_hosts=tuple((_text(env, "IMAGE_ALLOWED_HOSTS") or "").split(",")),
+            ssrf_protection_enabled=_bool(env, "SSRF_PROTECTION_ENABLED", True),
+            image_decode_concurrency=_int(env, "IMAGE_DECODE_CONCURRENCY", 2, minimum=1),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":

@@ -9,6 +9,7 @@ from PIL import Image
 
 from backend.service.images import ImageFetcher, ImageFetchError, ImageLimits, decode_image, model_size_for
 from backend.service.ls_auth import LabelStudioAuth
+from backend.service.ssrf import SsrfPolicy
 
 from .conftest import LEGACY_TOKEN, huge_png_header, make_pat, png_bytes, sample_image
 
@@ -106,7 +107,12 @@ def test_byte_limit(fake_ls):
 def test_api_key_is_not_sent_to_other_origins(fake_ls):
     fake_ls.state.public["/img/a.png"] = png_bytes(sample_image())
     other_origin = fake_ls.url.replace("127.0.0.1", "localhost")  # Label Studio "lives" elsewhere
-    fetcher = ImageFetcher(LIMITS, label_studio_url=other_origin, auth=LabelStudioAuth(other_origin, LEGACY_TOKEN))
+    fetcher = ImageFetcher(
+        LIMITS,
+        label_studio_url=other_origin,
+        auth=LabelStudioAuth(other_origin, LEGACY_TOKEN),
+        ssrf=SsrfPolicy(allowed_hosts=("127.0.0.1",), trusted_origin=other_origin),  # the image host is on loopback
+    )
     fetcher.load(fake_ls.url + "/img/a.png")
     assert fake_ls.state.requests[-1][2] is None
 

@@ -32,7 +32,7 @@ def shared_process_app(tmp_path_factory):
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     server.state.public["/ok.png"] = png_bytes(sample_image(32, 24))
     state = tmp_path_factory.mktemp("model_dir")
-    config = ServiceConfig(model_dir=state, model_load_wait_s=60, image_timeout_s=5)
+    config = ServiceConfig(model_dir=state, model_load_wait_s=60, image_timeout_s=5, image_allowed_hosts=("127.0.0.1",))
     runtime = ProcessModelRuntime(config, quick_library)
     app = create_app(config, runtime=runtime)
     runtime.wait_until_ready(120)
