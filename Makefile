@@ -13,8 +13,10 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-## Start the ML backend on $PORT (default 9090) with $MODEL_PRESET (default cpu).
+## Start the ML backend on $PORT (default 9090) with $MODEL_PRESET (default cpu); its weights are
+## fetched first where the network allows (offline: the backend starts and /health names what is missing).
 run: install
+	$(VENV)/bin/python -m backend.models fetch --preset $${MODEL_PRESET:-cpu} || echo "some weights are missing (see above); starting anyway"
 	$(VENV)/bin/python -m backend
 
 ## Real Label Studio (own venv) and Debian's chromium for the end-to-end and browser suites.

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from .presets import PRESETS, ClipSpec, Preset, SamSpec, TimmSpec, get_preset, list_presets
-from .weights import MissingWeightsError, go_offline_unless_hub_answers, local_weights_path
+from .weights import (
+    SAM_CHECKPOINTS,
+    MissingWeightsError,
+    fetch_checkpoint,
+    go_offline_unless_hub_answers,
+    local_weights_path,
+    weights_dir,
+)
 
 __all__ = [
     "ClipSpec",
@@ -121,9 +128,12 @@ def _build_sam(spec: SamSpec, device: torch.device, random_weights: bool = False
 
     description = f"SAM {spec.kind}"
     path = local_weights_path(spec.env_var, description, spec.checkpoint or "a SAM checkpoint")
-    if path is None and os.environ.get("WEIGHTS_DIR"):
-        candidate = Path(os.environ["WEIGHTS_DIR"]).expanduser() / str(spec.checkpoint)
-        path = candidate if candidate.exists() else None
+    checkpoint_file = weights_dir() / str(spec.checkpoint)
+    if path is None and checkpoint_file.is_file():
+        path = checkpoint_file
+    if path is None and spec.checkpoint in SAM_CHECKPOINTS and go_offline_unless_hub_answers():
+        # segment-anything has no download of its own: the official file, its SHA-256 checked
+        path = fetch_checkpoint(spec.checkpoint, weights_dir(), SAM_CHECKPOINTS[spec.checkpoint], spec.env_var)
     if path is None:
         raise MissingWeightsError(description, f"the checkpoint file {spec.checkpoint}", spec.env_var)
     model = sam_model_registry[spec.kind](checkpoint=None)
