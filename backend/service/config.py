@@ -165,9 +165,7 @@ class ServiceConfig:
             )
         if isinstance(self.image_allowed_hosts, str):
             object.__setattr__(self, "image_allowed_hosts", tuple(self.image_allowed_hosts.split(",")))
-        object.__setattr__(
-            self, "image_allowed_hosts", tuple(h.strip() for h in self.image_allowed_hosts if h.strip())
-        )
+        object.__setattr__(self, "image_allowed_hosts", tuple(h.strip() for h in self.image_allowed_hosts if h.strip()))
         parse_allowed_hosts(self.image_allowed_hosts)  # ValueError naming IMAGE_ALLOWED_HOSTS
         if self.image_decode_concurrency < 1:
             raise ValueError(f"IMAGE_DECODE_CONCURRENCY must be >= 1, got {self.image_decode_concurrency}")

@@ -205,9 +205,7 @@ def decode_image(data: bytes, limits: ImageLimits, source: str = "<bytes>") -> L
     except Image.DecompressionBombError as error:
         raise ImageFetchError(f"{source}: refused as a decompression bomb ({error})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error):
-        raise ImageFetchError(
-            f"{source}: not a readable image (supported: PNG, JPEG, WebP, GIF, TIFF, BMP)"
-        ) from None
+        raise ImageFetchError(f"{source}: not a readable image (supported: PNG, JPEG, WebP, GIF, TIFF, BMP)") from None
 
     with image:
         width, height = image.size  # from the header; nothing decoded yet

@@ -18,6 +18,7 @@ from backend.service.adapters import (
 from backend.service.images import LoadedImage
 from backend.service.masks import polygon_to_mask, rle_to_mask
 from backend.service.runtime import ModelRuntime
+from backend.fmbseg.results import ClassMaskPrediction
 from backend.zeroguide.results import ZeroGuidanceResult
 
 from .conftest import FakeMethods, fake_segment, load_recorded, sample_image
@@ -250,7 +251,9 @@ def test_zero_guidance_polygons_repeat_the_text_per_component(config):
             def segment(image):
                 mask = np.zeros(image.shape[:2], bool)
                 mask[2:6, 2:6] = mask[10:20, 20:30] = True
-                return ZeroGuidanceResult([fake_segment(mask, "blobs", 0.7, 1)], mask.shape, settings, "v", "tiny", True)
+                return ZeroGuidanceResult(
+                    [fake_segment(mask, "blobs", 0.7, 1)], mask.shape, settings, "v", "tiny", True
+                )
 
             segmenter.segment = segment
             return segmenter
@@ -306,3 +309,50 @@ def test_open_vocabulary_predicts_labels_outside_the_checkpoint(config):
     results = adapter.predict_regions(loaded(), {})
     assert runtime.methods.predictors[0].calls == [(("cat", "sky"), False, True)]
     assert [r["value"]["brushlabels"] for r in results] == [["cat"], ["sky"]] and not adapter.unsupported
+
+
+@pytest.mark.parametrize(
+    "label_attributes, tag_attributes, expected_texts",
+    [
+        ("", "", ["a left half", "a right half"]),  # text scores 0.9 and 0.4: both, best first
+        ('model_score_threshold="0.5"', "", ["a left half"]),  # the label's threshold drops 0.4
+        ('model_score_threshold="0.5"', 'model_score_threshold="0.95"', ["a left half"]),  # the label wins
+        ("", 'model_score_threshold="0.95"', []),
+        ('model_max_regions="1"', "", ["a left half"]),
+    ],
+)
+def test_a_labels_own_threshold_and_cap_win_over_the_tags(config, label_attributes, tag_attributes, expected_texts):
+    xml = view(
+        f'<BrushLabels name="z" toName="image" model_mode="zero-guidance" {tag_attributes}>'
+        f'<Label value="s" {label_attributes}/></BrushLabels>',
+        '<TextArea name="t" toName="image" perRegion="true"/>',
+    )
+    (adapter,), _ = adapters_for(xml, config)
+    results = adapter.predict_regions(loaded(), {})
+    assert [r["value"]["text"][0] for r in results if r["type"] == "textarea"] == expected_texts
+
+
+def test_a_labels_region_cap_keeps_the_largest_polygons(config):
+    class TwoBlobsForCat(FakeMethods):
+        def fmbseg(self, models, settings, checkpoint):
+            predictor = super().fmbseg(models, settings, checkpoint)
+
+            def predict(image, classes, refine=None, open_vocabulary=False):
+                label_map = np.full(image.shape[:2], -1)
+                label_map[1:4, 1:4] = 0  # 9 pixels
+                label_map[10:20, 10:20] = 0  # 100 pixels
+                return ClassMaskPrediction(label_map, list(classes), "stage1", "v", True)
+
+            predictor.predict = predict
+            return predictor
+
+    xml = view('<PolygonLabels name="p" toName="image"><Label value="cat" model_max_regions="1"/></PolygonLabels>')
+    (adapter,), _ = adapters_for(xml, config, TwoBlobsForCat())
+    (region,) = adapter.predict_regions(loaded(32, 24), {})
+    assert polygon_to_mask(region["value"]["points"], 24, 32)[10:20, 10:20].all()
+
+
+def test_a_bad_label_option_names_the_label(config):
+    xml = view('<BrushLabels name="c" toName="image"><Label value="cat" model_score_threshold="high"/></BrushLabels>')
+    with pytest.raises(LabelConfigError, match='<Label value="cat" model_score_threshold=...> must be a number'):
+        adapters_for(xml, config)

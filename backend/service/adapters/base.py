@@ -8,11 +8,13 @@ service-wide environment defaults in :class:`~backend.service.config.ServiceConf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import numpy as np
@@ -104,6 +106,8 @@ class TagOptions:
         return None if value is None or str(value).strip() == "" else str(value).strip()
 
     def _where(self, attribute: str) -> str:
+        if self.control.tag == "Label":
+            return f'<Label value="{self.control.name}" {attribute}=...>'
         return f'<{self.control.tag} name="{self.control.name}" {attribute}=...>'
 
     def flag(self, attribute: str, default: bool | None) -> bool | None:
@@ -167,6 +171,29 @@ def label_studio_score(score: float | None) -> float | None:
     return min(1.0, max(0.0, float(score)))
 
 
+@dataclass(frozen=True)
+class LabelOptions:
+    """Per-label options: a ``<Label>``'s own ``model_score_threshold`` / ``model_max_regions``, else the tag's."""
+
+    score_threshold: float
+    max_regions: int
+
+
+class _LabelView:
+    """Just enough of a ``<Label>`` for :class:`TagOptions` to read its attributes."""
+
+    def __init__(self, label: str, attributes: Mapping[str, Any]) -> None:
+        self.tag = "Label"
+        self.name = label
+        self.attr = dict(attributes)
+
+
+def label_attributes(control: Any, label: str) -> dict[str, str]:
+    """The attributes of ``control``'s ``<Label value=label>``."""
+    attributes = getattr((control.labels_attrs or {}).get(label), "attr", None) or {}
+    return {str(k): str(v) for k, v in attributes.items()}
+
+
 class ControlAdapter(ABC):
     """One Label Studio control tag served by one method.
 
@@ -193,9 +220,22 @@ class ControlAdapter(ABC):
         self.image_key: str = image.value_name  # "image" for value="$image"
         self.options = TagOptions(control, config)
         self.score_threshold = self.options.number("model_score_threshold", config.score_threshold, 0.0, 1.0)
+        self.max_regions = self.options.integer("model_max_regions", config.max_regions, minimum=1)
         self.min_area = self.options.integer("model_min_area", config.min_region_area)
+        # A <Label>'s own threshold and region cap win over the tag's (read at every /setup and
+        # /predict: a change made in Label Studio applies at once).
+        self.label_options: dict[str, LabelOptions] = {
+            label: self._label_options(label) for label in (control.labels or [])
+        }
         # Problems found while reading the config or predicting (reported in /predict and /metrics).
         self.problems: list[str] = []
+
+    def _label_options(self, label: str) -> LabelOptions:
+        options = TagOptions(_LabelView(label, label_attributes(self.control, label)), self.config)
+        return LabelOptions(
+            score_threshold=options.number("model_score_threshold", self.score_threshold, 0.0, 1.0),
+            max_regions=options.integer("model_max_regions", self.max_regions, minimum=1),
+        )
 
     @classmethod
     def is_control_matched(cls, control: Any, interface: Any) -> bool:
@@ -225,6 +265,7 @@ class ControlAdapter(ABC):
             "name": self.from_name,
             "score_threshold": self.score_threshold,
             "min_area": self.min_area,
+            "labels": {label: dataclasses.asdict(options) for label, options in self.label_options.items()},
         }
 
     def __repr__(self) -> str:
