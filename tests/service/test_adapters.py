@@ -126,10 +126,11 @@ def test_polygon_tags_and_skips(config):
         '<PolygonLabels name="p" toName="image"><Label value="cat"/><Label value="dog" model_skip="true"/></PolygonLabels>',
         '<PolygonLabels name="z" toName="image" model_mode="zero-guidance"><Label value="thing"/></PolygonLabels>',
         '<BrushLabels name="skipped" toName="image" model_skip="true"><Label value="x"/></BrushLabels>',
-        '<RectangleLabels name="r" toName="image"><Label value="box"/></RectangleLabels>',
+        '<RectangleLabels name="r" toName="image" smart="true"><Label value="box"/></RectangleLabels>',
+        '<KeyPointLabels name="k" toName="image" smart="true"><Label value="click"/></KeyPointLabels>',
     )
     adapters, _ = adapters_for(xml, config)
-    assert [type(a) for a in adapters] == [ClassPolygonAdapter, ZeroGuidancePolygonAdapter]
+    assert [type(a) for a in adapters] == [ClassPolygonAdapter, ZeroGuidancePolygonAdapter]  # smart tools: prompts
     assert adapters[0].classes == ["cat"]  # dog has model_skip
 
 
@@ -356,3 +357,46 @@ def test_a_bad_label_option_names_the_label(config):
     xml = view('<BrushLabels name="c" toName="image"><Label value="cat" model_score_threshold="high"/></BrushLabels>')
     with pytest.raises(LabelConfigError, match='<Label value="cat" model_score_threshold=...> must be a number'):
         adapters_for(xml, config)
+
+
+def test_mask_to_boxes_by_hand():
+    from backend.service.masks import mask_to_boxes
+
+    mask = np.zeros((10, 20), bool)
+    mask[2:4, 5:9] = True  # 8 pixels: columns 5-8, rows 2-3
+    mask[6:10, 0:10] = True  # 40 pixels
+    big, small = mask_to_boxes(mask)
+    assert big == {"x": 0.0, "y": 60.0, "width": 50.0, "height": 40.0, "rotation": 0}
+    assert small == {"x": 25.0, "y": 20.0, "width": 20.0, "height": 20.0, "rotation": 0}
+    assert mask_to_boxes(mask, min_area=9) == [big]
+
+
+def test_class_masks_and_named_segments_also_come_as_boxes(config):
+    """A RectangleLabels beside the mask tags: boxes for the classes, and for the segments with
+    their text under the box's region id; one FMbSeg and one zero-guidance call a task."""
+    xml = view(
+        '<BrushLabels name="classes" toName="image"><Label value="cat"/><Label value="sky"/></BrushLabels>',
+        '<RectangleLabels name="class_boxes" toName="image"><Label value="cat"/><Label value="sky"/></RectangleLabels>',
+        '<BrushLabels name="z" toName="image" model_mode="zero-guidance"><Label value="thing"/></BrushLabels>',
+        '<RectangleLabels name="z_boxes" toName="image" model_mode="zero-guidance"><Label value="thing"/></RectangleLabels>',
+        '<TextArea name="t" toName="image" perRegion="true"/>',
+    )
+    methods = FakeMethods()
+    adapters, _ = adapters_for(xml, config, methods)
+    cache: dict = {}
+    by_name = {a.from_name: a.predict_regions(loaded(32, 24), cache) for a in adapters}
+    cat, sky = by_name["class_boxes"]
+    assert cat["value"] == {
+        "x": 0.0,
+        "y": 0.0,
+        "width": 100.0,
+        "height": 50.0,
+        "rotation": 0,
+        "rectanglelabels": ["cat"],
+    }
+    assert sky["value"]["y"] == 50.0 and sky["type"] == "rectanglelabels"
+    boxes = [r for r in by_name["z_boxes"] if r["type"] == "rectanglelabels"]
+    texts = {r["id"]: r["value"]["text"][0] for r in by_name["z_boxes"] if r["type"] == "textarea"}
+    assert [texts[b["id"]] for b in boxes] == ["a left half", "a right half"]
+    assert boxes[0]["value"]["width"] == 50.0 and boxes[0]["score"] == 0.9
+    assert len(methods.predictors[-1].calls) == 1 and methods.segmenters[-1].calls == 1

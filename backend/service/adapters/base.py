@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import ServiceConfig, parse_bool
 from ..images import LoadedImage
-from ..masks import mask_to_polygons, mask_to_rle
+from ..masks import mask_to_boxes, mask_to_polygons, mask_to_rle
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,12 @@ def per_region_text_areas(interface: Any, control: Any) -> list[Any]:
             continue
         found.append(other)
     return found
+
+
+def is_smart_tool(control: Any) -> bool:
+    """A ``smart="true"`` / ``smartOnly="true"`` tag: the annotator's prompt tool for interactive
+    clicks and boxes, not a place for pre-annotations."""
+    return any(str(control.attr.get(name, "false")).lower() == "true" for name in ("smart", "smartOnly"))
 
 
 def control_mode(control: Any, interface: Any) -> str:
@@ -242,6 +248,7 @@ class ControlAdapter(ABC):
         return (
             control.tag == cls.tag
             and image_object(control) is not None
+            and not is_smart_tool(control)
             and control_mode(control, interface) == cls.mode
         )
 
@@ -317,3 +324,13 @@ class PolygonShape:
 
     def version_inputs(self) -> dict[str, Any]:
         return {**super().version_inputs(), "polygon_tolerance": self.polygon_tolerance}
+
+
+class BoxShape:
+    """Regions as rectangles: one region per connected component (its bounding box)."""
+
+    def shape_results(self, image: LoadedImage, mask: np.ndarray, label: str, score: float | None) -> list[dict]:
+        return [
+            self._result(new_region_id(), image, {**box, "rectanglelabels": [label]}, score)
+            for box in mask_to_boxes(mask, min_area=self.min_area)
+        ]

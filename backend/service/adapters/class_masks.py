@@ -19,7 +19,7 @@ from ...fmbseg.results import ClassMaskPrediction
 from ..images import LoadedImage
 from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, fmbseg_settings
 from ..vocabulary import ClassMaskTag, ClassVocabulary
-from .base import CLASSES, BrushShape, ControlAdapter, LabelConfigError, PolygonShape, label_attributes
+from .base import CLASSES, BoxShape, BrushShape, ControlAdapter, LabelConfigError, PolygonShape, label_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -136,3 +136,10 @@ class ClassPolygonAdapter(PolygonShape, ClassMaskAdapter):
     """``<PolygonLabels>`` with class labels: one polygon region per connected component."""
 
     tag = "PolygonLabels"
+
+
+class ClassBoxAdapter(BoxShape, ClassMaskAdapter):
+    """``<RectangleLabels>`` with class labels: a box per connected component of each class mask
+    (the FMbSeg call is shared with a mask tag of the same labels and settings)."""
+
+    tag = "RectangleLabels"

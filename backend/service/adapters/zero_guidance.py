@@ -23,6 +23,7 @@ from ..images import LoadedImage
 from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, zero_guidance_settings
 from .base import (
     ZERO_GUIDANCE,
+    BoxShape,
     BrushShape,
     ControlAdapter,
     LabelConfigError,
@@ -34,7 +35,7 @@ from .base import (
 logger = logging.getLogger(__name__)
 
 
-class _ZeroGuidanceAdapter(ControlAdapter):
+class ZeroGuidanceAdapter(ControlAdapter):
     mode = ZERO_GUIDANCE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -124,13 +125,20 @@ class _ZeroGuidanceAdapter(ControlAdapter):
         }
 
 
-class ZeroGuidanceBrushAdapter(BrushShape, _ZeroGuidanceAdapter):
+class ZeroGuidanceBrushAdapter(BrushShape, ZeroGuidanceAdapter):
     """``<BrushLabels>`` in zero-guidance mode: a brush mask + text per segment."""
 
     tag = "BrushLabels"
 
 
-class ZeroGuidancePolygonAdapter(PolygonShape, _ZeroGuidanceAdapter):
+class ZeroGuidancePolygonAdapter(PolygonShape, ZeroGuidanceAdapter):
     """``<PolygonLabels model_mode="zero-guidance">``: polygons + text per segment."""
 
     tag = "PolygonLabels"
+
+
+class ZeroGuidanceBoxAdapter(BoxShape, ZeroGuidanceAdapter):
+    """``<RectangleLabels model_mode="zero-guidance">``: a box + text per segment component
+    (the segmentation is shared with a mask tag of the same settings)."""
+
+    tag = "RectangleLabels"
