@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 MODEL_CACHE_SIZE = 16
 # What label-studio-sdk's LabelInterface raises for a label config that is not valid XML.
 LABEL_CONFIG_PARSE_ERRORS = (LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException)
+# Answered without basic auth: Label Studio's and compose's health checks send no credentials.
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,8 @@ def _register_basic_auth(app: Flask, config: ServiceConfig) -> None:
 
     @app.before_request
     def require_basic_auth() -> Response | None:
+        if request.path in UNAUTHENTICATED_PATHS:
+            return None
         auth = request.authorization
         ok = (
             auth is not None
