@@ -6,8 +6,8 @@ Endpoints (shapes in docs/service.md): ``GET /health`` (and ``/``), ``POST /setu
 ``create_app`` builds everything from a :class:`ServiceConfig` and starts model loading in the
 background; nothing happens at import time. Errors are turned into JSON in one place
 (:func:`_register_error_handlers`): 400 for malformed payloads and unusable label configs, 401 for
-bad basic auth, 413 past ``MAX_REQUEST_BYTES``, 503 while the models load, 500
-otherwise — never a traceback in a body. Bodies are parsed within the
+bad basic auth, 413 past ``MAX_REQUEST_BYTES``, 503 while the models load or when the annotation
+store cannot write, 500 otherwise — never a traceback in a body. Bodies are parsed within the
 request limits of :mod:`backend.service.request_limits`.
 """
 
@@ -41,7 +41,7 @@ from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
 from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
-from .webhooks import PayloadError, WebhookProcessor
+from .webhooks import PayloadError, StorageUnavailable, WebhookProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +308,10 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
 
     @app.errorhandler(ModelsNotReady)
     def not_ready(exc: ModelsNotReady):
+        return error(503, str(exc))
+
+    @app.errorhandler(StorageUnavailable)
+    def storage_unavailable(exc: StorageUnavailable):
         return error(503, str(exc))
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -1,0 +1,63 @@
+"""Reliability tests: request limits, a fuzz of the endpoints, webhook crash consistency.
+
+Each test prints its figures and writes them to ``bench/results/reliability-<name>.json``
+(docs/reliability.md quotes them). Nothing here touches the network: the app's HTTP session
+refuses every request, and the one real server binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend.service.app import create_app
+from backend.service.config import ServiceConfig
+from tests.service.conftest import FakeMethods
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
+
+
+class NoNetworkSession(requests.Session):
+    """A session that refuses every request: fuzzed image URLs never leave the process."""
+
+    def request(self, method, url, *args, **kwargs):
+        raise requests.ConnectionError(f"network disabled in reliability tests ({method} {url!r})")
+
+
+def write_figures(name: str, figures: dict) -> Path:
+    """Print ``figures`` and write them to bench/results/reliability-<name>.json."""
+    record = {
+        "test": name,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
+        **figures,
+    }
+    text = json.dumps(record, indent=1, sort_keys=False)
+    print(f"\nreliability-{name}: {text}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"reliability-{name}.json"
+    path.write_text(text + "\n")
+    return path
+
+
+@pytest.fixture
+def config(tmp_path) -> ServiceConfig:
+    return ServiceConfig(model_dir=tmp_path / "model_dir", model_load_wait_s=10.0, image_timeout_s=2.0)
+
+
+@pytest.fixture
+def make_app(config):
+    """``make_app(**config_changes)`` -> a Flask app with fake methods and no network, models ready."""
+
+    def build(**changes):
+        app = create_app(config.replace(**changes), methods=FakeMethods(), session=NoNetworkSession())
+        app.extensions["segmentation_service"].runtime.wait_until_ready(10)
+        return app
+
+    return build
