@@ -190,6 +190,8 @@ def _json_body(optional: bool = False) -> dict:
     ``optional``: an empty body is ``{}``."""
     config = current_app.extensions["segmentation_service"].config
     raw = request.get_data(cache=True)  # 413 (RequestEntityTooLarge) past MAX_REQUEST_BYTES
+    if request.content_length is None and len(raw) >= config.max_request_bytes and request.input_stream.read(1):
+        raise RequestEntityTooLarge()  # chunked: werkzeug stops reading at the limit without an error
     if optional and not raw.strip():
         return {}
     data = parse_json_body(raw, max_depth=config.max_json_depth, max_containers=config.max_json_containers)

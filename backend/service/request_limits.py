@@ -90,17 +90,17 @@ def parse_json_body(data: bytes, *, max_depth: int, max_containers: int) -> Any:
     parsing would cost more than the limits allow, and anything that is not UTF-8 JSON."""
     if not data.strip():
         raise PayloadError("request body is empty: expected a JSON object")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise PayloadError(f"request body is not UTF-8 text (byte {error.start}): send JSON encoded as UTF-8") from None
-    shape = json_shape(data, stop_depth=max_depth)
+    shape = json_shape(data, stop_depth=max_depth)  # on the bytes: UTF-8 never hides an ASCII byte
     if shape.depth > max_depth:
         raise PayloadError(f"request body nests JSON arrays/objects more than MAX_JSON_DEPTH={max_depth} levels deep")
     if shape.containers > max_containers:
         raise PayloadError(
             f"request body holds {shape.containers} JSON arrays/objects, more than MAX_JSON_CONTAINERS={max_containers}"
         )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PayloadError(f"request body is not UTF-8 text (byte {error.start}): send JSON encoded as UTF-8") from None
     try:
         return json.loads(text)
     except RecursionError:  # only if MAX_JSON_DEPTH is set above the interpreter's recursion limit
