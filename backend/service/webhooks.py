@@ -53,8 +53,8 @@ def _storage_unavailable(action: str, error: OSError) -> StorageUnavailable:
     what = _STORAGE_ERRORS.get(error.errno, error.strerror or type(error).__name__)
     code = errno.errorcode.get(error.errno, str(error.errno)) if error.errno is not None else "?"
     return StorageUnavailable(
-        f"{action}: the annotation store cannot write ({what}, {code}); the annotation was not stored, "
-        "send the event again once the disk under MODEL_DIR is fixed"
+        f"{action}: the annotation store cannot write ({what}, {code}); the event was not acknowledged: "
+        "send it again once the disk under MODEL_DIR is fixed (what was already written then reads as duplicate)"
     )
 
 

@@ -30,6 +30,21 @@ class NoNetworkSession(requests.Session):
         raise requests.ConnectionError(f"network disabled in reliability tests ({method} {url!r})")
 
 
+class ScopedOs:
+    """Stands in for the ``os`` module inside one module (``monkeypatch.setattr(module, "os",
+    ScopedOs(os, write=...))``): the given functions are replaced, everything else is the real
+    ``os``. Faults injected this way stay inside that module (pytest's own writes are untouched)."""
+
+    def __init__(self, real, **replacements) -> None:
+        self._real = real
+        self._replacements = replacements
+
+    def __getattr__(self, name):
+        if name in self._replacements:
+            return self._replacements[name]
+        return getattr(self._real, name)
+
+
 def write_figures(name: str, figures: dict) -> Path:
     """Print ``figures`` and write them to bench/results/reliability-<name>.json."""
     record = {

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import copy
 import errno
+import os
 
 import pytest
 
 from backend.service import annotation_store as store_module
 from backend.service.annotation_store import AnnotationStore
 from tests.service.conftest import load_recorded
+
+from .conftest import ScopedOs
 
 CREATED = load_recorded("webhook-annotation-created.json")["body"]
 
@@ -111,7 +114,8 @@ def test_disk_errors_are_503_and_leave_no_partial_file(
     if where == "mkdir":
         monkeypatch.setattr(store_module.Path, "mkdir", failing(error_number)(store_module.Path.mkdir))
     else:
-        monkeypatch.setattr(store_module.os, where, failing(error_number)(getattr(store_module.os, where)))
+        replacement = failing(error_number)(getattr(os, where))
+        monkeypatch.setattr(store_module, "os", ScopedOs(os, **{where: replacement}))
     response = client.post("/webhook", json=body)
     monkeypatch.undo()
     if where == "mkdir" and not new_annotations:  # nothing to create: the write goes through
@@ -135,7 +139,7 @@ def test_a_failure_mid_bulk_keeps_the_written_items_and_a_resend_completes_it(ma
     client = app.test_client()
     store = app.extensions["segmentation_service"].store
     # the label config and annotation 51 are written (2 links), annotation 52's link fails
-    monkeypatch.setattr(store_module.os, "link", failing(errno.ENOSPC, after=2)(store_module.os.link))
+    monkeypatch.setattr(store_module, "os", ScopedOs(os, link=failing(errno.ENOSPC, after=2)(os.link)))
     assert client.post("/webhook", json=bulk(51, 52)).status_code == 503
     monkeypatch.undo()
     assert [r["annotation_id"] for r in store.current()] == [51] and not list(store.root.rglob("*.partial"))
@@ -171,7 +175,7 @@ def test_unlink_failing_too_leaves_the_partial_for_recover(tmp_path, monkeypatch
     def unlink_fails(self, missing_ok=False):
         raise OSError(errno.EIO, "EIO (injected)")
 
-    monkeypatch.setattr(store_module.os, "fsync", failing(errno.EIO)(store_module.os.fsync))
+    monkeypatch.setattr(store_module, "os", ScopedOs(os, fsync=failing(errno.EIO)(os.fsync)))
     monkeypatch.setattr(store_module.Path, "unlink", unlink_fails)
     with pytest.raises(OSError):
         store.save({"id": 1, "updated_at": "t1", "result": []}, event="ANNOTATION_CREATED", project_id=1)
@@ -194,7 +198,9 @@ def test_recover_at_startup_cleans_partials(config, make_app):
 
 def test_prepare_writes_nothing(tmp_path):
     store = AnnotationStore(tmp_path)
-    pending = store.prepare({"id": 7, "updated_at": "t"}, event="ANNOTATION_CREATED", project_id=3, label_config="<View/>")
+    pending = store.prepare(
+        {"id": 7, "updated_at": "t"}, event="ANNOTATION_CREATED", project_id=3, label_config="<View/>"
+    )
     assert not list(tmp_path.rglob("*"))
     assert store.commit(pending).stored and store.commit(pending).status == "duplicate"
     with pytest.raises(ValueError, match="project id"):
