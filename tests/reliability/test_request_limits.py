@@ -376,4 +376,12 @@ def test_limits_through_the_real_server(gunicorn_backend):
         401,
         "authentication",
     )
+    # why MAX_JSON_CONTAINERS: what json.loads itself would take for empty arrays
+    sample = b"[" + b"[]," * (MiB // 3 - 1) + b"[]]"  # 1 MiB
+    tracemalloc.start()
+    parsed = json.loads(sample)
+    loads_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del parsed
+    figures["json_loads_traced_mib_per_mib_of_empty_arrays"] = round(loads_peak / len(sample), 1)
     write_figures("limits", figures)
