@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import socket
 import time
 from pathlib import Path
 
@@ -62,6 +63,30 @@ def write_figures(name: str, figures: dict) -> Path:
 
 
 @pytest.fixture
+def no_network(monkeypatch):
+    """Fails the test if anything resolves a name or connects anywhere but 127.0.0.1."""
+    violations: list[str] = []
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.socket.connect
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost", None):
+            violations.append(f"name lookup of {host!r}")
+            raise socket.gaierror(socket.EAI_NONAME, "no network in reliability tests")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] != "127.0.0.1":
+            violations.append(f"connect to {address!r}")
+            raise ConnectionRefusedError("no network in reliability tests")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    yield violations
+    assert violations == [], violations
+
+
+@pytest.fixture
 def config(tmp_path) -> ServiceConfig:
     return ServiceConfig(model_dir=tmp_path / "model_dir", model_load_wait_s=10.0, image_timeout_s=2.0)
 
@@ -71,8 +96,13 @@ def make_app(config):
     """``make_app(**config_changes)`` -> a Flask app with fake methods and no network, models ready."""
 
     def build(**changes):
+        # SSRF protection off: its guarded session would resolve fuzzed host names; this way every
+        # image download goes to NoNetworkSession (the SSRF guard has its own tests: test_ssrf.py)
+        changes = {"ssrf_protection_enabled": False, **changes}
         app = create_app(config.replace(**changes), methods=FakeMethods(), session=NoNetworkSession())
-        app.extensions["segmentation_service"].runtime.wait_until_ready(10)
+        service = app.extensions["segmentation_service"]
+        assert isinstance(service.session, NoNetworkSession) and isinstance(service.image_session, NoNetworkSession)
+        service.runtime.wait_until_ready(10)
         return app
 
     return build

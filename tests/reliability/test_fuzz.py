@@ -283,7 +283,7 @@ def fixed_extremes(app, cap):
     return outcomes
 
 
-def test_fuzz_endpoints_never_answer_500(make_app):
+def test_fuzz_endpoints_never_answer_500(make_app, no_network):
     app = make_app()
     started = time.perf_counter()
     structured_statuses, structured_errors = run_fuzz(app, structured, STRUCTURED_EXAMPLES)
