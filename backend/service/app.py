@@ -6,7 +6,9 @@ Endpoints (shapes in docs/service.md): ``GET /health`` (and ``/``), ``POST /setu
 ``create_app`` builds everything from a :class:`ServiceConfig` and starts model loading in the
 background; nothing happens at import time. Errors are turned into JSON in one place
 (:func:`_register_error_handlers`): 400 for malformed payloads and unusable label configs, 401 for
-bad basic auth, 503 while the models load, 500 otherwise — never a traceback in a body.
+bad basic auth, 413 past ``MAX_REQUEST_BYTES``, 503 while the models load or when the annotation
+store cannot write, 500 otherwise — never a traceback in a body. Bodies are parsed within the
+request limits of :mod:`backend.service.request_limits`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .adapters import ClassMaskAdapter, LabelConfigError
 from .annotation_store import AnnotationStore
@@ -34,18 +36,20 @@ from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
 from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
+from .request_limits import parse_json_body
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
 from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
-from .webhooks import PayloadError, WebhookProcessor
+from .webhooks import PayloadError, StorageUnavailable, WebhookProcessor
 
 logger = logging.getLogger(__name__)
 
 MODEL_CACHE_SIZE = 16
 # What label-studio-sdk's LabelInterface raises for a label config that is not valid XML.
 LABEL_CONFIG_PARSE_ERRORS = (LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException)
-MAX_REQUEST_BYTES = 200 * 1024 * 1024
+# Answered without basic auth: Label Studio's and compose's health checks send no credentials.
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,16 @@ class SegmentationService:
         )
 
 
-def _json_body() -> dict:
-    data = request.get_json(force=True, silent=True)
+def _json_body(optional: bool = False) -> dict:
+    """The request body as a JSON object, parsed within the request limits (docs/reliability.md);
+    ``optional``: an empty body is ``{}``."""
+    config = current_app.extensions["segmentation_service"].config
+    raw = request.get_data(cache=True)  # 413 (RequestEntityTooLarge) past MAX_REQUEST_BYTES
+    if request.content_length is None and len(raw) >= config.max_request_bytes and request.input_stream.read(1):
+        raise RequestEntityTooLarge()  # chunked: werkzeug stops reading at the limit without an error
+    if optional and not raw.strip():
+        return {}
+    data = parse_json_body(raw, max_depth=config.max_json_depth, max_containers=config.max_json_containers)
     if not isinstance(data, dict):
         raise PayloadError("request body must be a JSON object")
     return data
@@ -191,6 +203,11 @@ def _json_body() -> dict:
 def _parse_model(service: SegmentationService, label_config: Any, project: str | None) -> SegmentationMLBackend:
     if not isinstance(label_config, str) or not label_config.strip():
         raise PayloadError("the label config is missing or not a string")
+    if not label_config.isascii():
+        try:
+            label_config.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+            raise PayloadError("the label config is not valid Unicode text") from None
     try:
         return service.model_for(label_config, project)
     except LABEL_CONFIG_PARSE_ERRORS as error:
@@ -236,7 +253,7 @@ def create_app(
     )
 
     app = Flask("backend.service")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.extensions["segmentation_service"] = service
     _register_basic_auth(app, config)
@@ -261,6 +278,8 @@ def _register_basic_auth(app: Flask, config: ServiceConfig) -> None:
 
     @app.before_request
     def require_basic_auth() -> Response | None:
+        if request.path in UNAUTHENTICATED_PATHS:
+            return None
         auth = request.authorization
         ok = (
             auth is not None
@@ -292,6 +311,15 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
     @app.errorhandler(ModelsNotReady)
     def not_ready(exc: ModelsNotReady):
         return error(503, str(exc))
+
+    @app.errorhandler(StorageUnavailable)
+    def storage_unavailable(exc: StorageUnavailable):
+        return error(503, str(exc))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return error(413, f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -344,6 +372,11 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
         tasks = data.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
             raise PayloadError("'tasks' must be a list of task objects")
+        if len(tasks) > config.max_tasks_per_request:
+            raise PayloadError(
+                f"{len(tasks)} tasks in one request, more than MAX_TASKS_PER_REQUEST={config.max_tasks_per_request}: "
+                "ask for predictions on fewer tasks at a time"
+            )
         project = service.project_key(data.get("project"))
         label_config = data.get("label_config")
         if label_config is None:
@@ -390,8 +423,8 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
     @app.get("/versions")
     def versions():
         # Label Studio sends GET /versions with a JSON body {"project": "<id>.<timestamp>"}
-        body = request.get_json(force=True, silent=True)
-        project = service.project_key(request.args.get("project") or (body or {}).get("project"))
+        body = _json_body(optional=True)
+        project = service.project_key(request.args.get("project") or body.get("project"))
         context = service.project_context(project)
         if context is None:
             return jsonify({"versions": []})

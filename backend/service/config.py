@@ -137,6 +137,12 @@ class ServiceConfig:
     ssrf_protection_enabled: bool = True  # SSRF_PROTECTION_ENABLED (Label Studio's name); false: closed networks
     image_decode_concurrency: int = 2  # IMAGE_DECODE_CONCURRENCY: images decoded at once
 
+    # --- request limits (checked before a body is parsed; see docs/reliability.md) ----------
+    max_request_bytes: int = 20 * 1024 * 1024  # MAX_REQUEST_BYTES: larger bodies get 413
+    max_tasks_per_request: int = 100  # MAX_TASKS_PER_REQUEST: more tasks in one /predict get 400
+    max_json_depth: int = 64  # MAX_JSON_DEPTH: deeper nesting of arrays/objects gets 400
+    max_json_containers: int = 1_000_000  # MAX_JSON_CONTAINERS: more arrays+objects in one body get 400
+
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be in 1..65535, got {self.port}")
@@ -226,6 +232,10 @@ class ServiceConfig:
             image_allowed_hosts=tuple((_text(env, "IMAGE_ALLOWED_HOSTS") or "").split(",")),
             ssrf_protection_enabled=_bool(env, "SSRF_PROTECTION_ENABLED", True),
             image_decode_concurrency=_int(env, "IMAGE_DECODE_CONCURRENCY", 2, minimum=1),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 100, minimum=1),
+            max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=2),
+            max_json_containers=_int(env, "MAX_JSON_CONTAINERS", 1_000_000, minimum=1),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":
