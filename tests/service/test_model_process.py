@@ -110,12 +110,27 @@ def test_method_errors_fail_the_task_only(process_app):
     assert {r["from_name"] for r in reply["results"][0]["result"]} == {"class_mask"}
 
 
-def test_a_crashed_child_is_reported_and_restarted(own_process_app):
+def test_a_crashed_child_fails_its_task_and_is_restarted(own_process_app):
     client, runtime, image, _ = own_process_app
-    response = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {CRASH_CLUSTERS}}}'))
-    assert response.status_code == 503 and "exited while working" in response.json["error"]
-    assert client.get("/health").json["models"] == "error: the model process exited (exit code 3)"
-    assert predict(client, image).status_code == 200  # a new child
+    reply = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {CRASH_CLUSTERS}}}'))
+    # the crash costs the zero-guidance tag of that task only; the class-mask tag waits for the new child
+    assert reply.status_code == 200
+    assert "ModelProcessDied: the model process exited (exit code 3) while working" in reply.json["warnings"][0]
+    assert {r["from_name"] for r in reply.json["results"][0]["result"]} == {"class_mask"}
+    assert predict(client, image).json["warnings"] == []
+    assert runtime.restarts == 1 and runtime.exits == 1 and client.get("/health").json["models"] == "ready"
+
+
+def test_a_crash_while_idle_is_reported_then_restarted(own_process_app):
+    client, runtime, image, _ = own_process_app
+    os.kill(runtime._process.pid, 9)
+    deadline = time.monotonic() + 5
+    while not runtime.status.startswith("restarting") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["status"] == "UP"  # restarting soon: not an error
+    assert health.json["models"].startswith("restarting: the model process exited (exit code -9)")
+    assert predict(client, image).json["warnings"] == []  # waits for the new child (MODEL_LOAD_WAIT)
     assert runtime.restarts == 1 and client.get("/health").json["models"] == "ready"
 
 
@@ -137,6 +152,8 @@ def test_loading_errors_in_the_child_are_reported(config):
     try:
         with pytest.raises(Exception, match="no weights for device broken"):
             runtime.wait_until_ready(60)
-        assert client.get("/health").json["models"] == "error: FileNotFoundError: no weights for device broken"
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json["status"] == "ERROR"
+        assert health.json["models"] == "error: FileNotFoundError: no weights for device broken"
     finally:
         runtime.stop()
