@@ -119,3 +119,11 @@ def quick_library(config) -> QuickMethods:
 def child_training_hook(request) -> dict:
     (request.model_dir / "trained-by").write_text(str(os.getpid()))
     return {"pid": os.getpid(), "annotations": len(request.annotations)}
+
+
+def sleepy_training_hook(request) -> dict:
+    """Sleeps the seconds written in ``MODEL_DIR/train-seconds`` (a stand-in for a long training run)."""
+    seconds = float((request.model_dir / "train-seconds").read_text())
+    (request.model_dir / "training-started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "slept": seconds}
