@@ -157,3 +157,46 @@ def test_loading_errors_in_the_child_are_reported(config):
         assert health.json["models"] == "error: FileNotFoundError: no weights for device broken"
     finally:
         runtime.stop()
+
+
+def test_deadlines_and_limits_from_the_environment():
+    from backend.service.model_process import predict_timeout_s
+
+    assert [predict_timeout_s(ServiceConfig(model_preset=p)) for p in ("tiny", "cpu", "paper")] == [60, 300, 600]
+    config = ServiceConfig.from_env({"MODEL_PRESET": "tiny", "PREDICT_TIMEOUT": "0", "MODEL_MAX_IN_FLIGHT": "3"})
+    assert predict_timeout_s(config) is None and config.model_max_in_flight == 3
+    config = ServiceConfig.from_env({"PREDICT_TIMEOUT": "12.5", "TRAINING_TIMEOUT": "0", "MODEL_RESTART_REFILL": "60"})
+    assert predict_timeout_s(config) == 12.5 and config.training_timeout_s == 0 and config.restart_refill_s == 60
+    defaults = ServiceConfig.from_env({})
+    assert (defaults.model_queue_wait_s, defaults.restart_budget, defaults.restart_backoff_s) == (30, 5, 1)
+    assert defaults.training_timeout_s == 21600 and defaults.restart_backoff_max_s == 60
+    for bad in ({"MODEL_MAX_IN_FLIGHT": "0"}, {"PREDICT_TIMEOUT": "-1"}, {"MODEL_RESTART_BUDGET": "0"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServiceConfig.from_env(bad)
+
+
+def test_the_in_process_runtime_waits_a_bounded_time_too(config):
+    from backend.service.runtime import ModelRuntime, ModelsBusy
+
+    from .conftest import FakeMethods
+
+    runtime = ModelRuntime(config.replace(model_queue_wait_s=0.2), FakeMethods())
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime.inference_lock:
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    holding.wait(5)
+    started = time.monotonic()
+    with pytest.raises(ModelsBusy, match="MODEL_QUEUE_WAIT") as refused:
+        with runtime.inference_lock:
+            pass
+    assert 0.2 <= time.monotonic() - started < 1.0 and refused.value.retry_after_s >= 1
+    release.set()
+    worker.join(5)
+    with runtime.inference_lock:  # free again
+        pass
