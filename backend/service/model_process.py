@@ -373,6 +373,9 @@ class ProcessModelRuntime:
             elif kind in ("result", "error"):
                 self._answered(conn, message)
         process.join(timeout=5)
+        if process.is_alive():  # it closed the pipe but lingers: never run two children
+            process.kill()
+            process.join(timeout=5)
         self._child_exited(conn, process.exitcode)
 
     def _answered(self, conn: Any, message: tuple) -> None:
