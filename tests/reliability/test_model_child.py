@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import threading
 import time
 from pathlib import Path
