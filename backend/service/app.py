@@ -310,7 +310,10 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
 
     @app.errorhandler(ModelsNotReady)
     def not_ready(exc: ModelsNotReady):
-        return error(503, str(exc))
+        response, status = error(503, str(exc))
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(int(exc.retry_after_s))
+        return response, status
 
     @app.errorhandler(StorageUnavailable)
     def storage_unavailable(exc: StorageUnavailable):
@@ -337,14 +340,22 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
     @app.get("/")
     @app.get("/health")
     def health():
-        return jsonify(
-            {
-                "status": "UP",
-                "model_class": SegmentationMLBackend.__name__,
-                "models": runtime.status,
-                "preset": config.model_preset,
-            }
-        )
+        # 503 when the models failed to load or the model process is down and cannot restart now:
+        # Label Studio then shows the backend as disconnected instead of sending predictions.
+        report = runtime.health()
+        body = {
+            "status": "UP" if report.ok else "ERROR",
+            "model_class": SegmentationMLBackend.__name__,
+            "models": runtime.status,
+            "preset": config.model_preset,
+        }
+        if report.ok:
+            return jsonify(body)
+        response = jsonify({**body, **({"model_process": report.details} if report.details else {})})
+        response.status_code = 503
+        if report.retry_after_s is not None:
+            response.headers["Retry-After"] = str(int(report.retry_after_s))
+        return response
 
     @app.post("/setup")
     def setup():

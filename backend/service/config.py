@@ -143,6 +143,16 @@ class ServiceConfig:
     max_json_depth: int = 64  # MAX_JSON_DEPTH: deeper nesting of arrays/objects gets 400
     max_json_containers: int = 1_000_000  # MAX_JSON_CONTAINERS: more arrays+objects in one body get 400
 
+    # --- the model process (backend.service.model_process; docs/reliability.md) ------------
+    predict_timeout_s: float | None = None  # PREDICT_TIMEOUT: per model call; None: by preset; 0: none
+    training_timeout_s: float = 21600.0  # TRAINING_TIMEOUT: per training run; 0: none
+    model_max_in_flight: int = 2  # MODEL_MAX_IN_FLIGHT: model calls sent to the model process at once
+    model_queue_wait_s: float = 30.0  # MODEL_QUEUE_WAIT: wait for a call slot, then 503 + Retry-After
+    restart_budget: int = 5  # MODEL_RESTART_BUDGET: restarts in a row before waiting for a refill
+    restart_refill_s: float = 600.0  # MODEL_RESTART_REFILL: seconds per restart token regained
+    restart_backoff_s: float = 1.0  # MODEL_RESTART_BACKOFF: first delay before a restart, doubling
+    restart_backoff_max_s: float = 60.0  # MODEL_RESTART_BACKOFF_MAX: longest delay before a restart
+
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be in 1..65535, got {self.port}")
@@ -236,6 +246,14 @@ class ServiceConfig:
             max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 100, minimum=1),
             max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=2),
             max_json_containers=_int(env, "MAX_JSON_CONTAINERS", 1_000_000, minimum=1),
+            predict_timeout_s=None if _text(env, "PREDICT_TIMEOUT") is None else _float(env, "PREDICT_TIMEOUT", 0.0),
+            training_timeout_s=_float(env, "TRAINING_TIMEOUT", 21600.0),
+            model_max_in_flight=_int(env, "MODEL_MAX_IN_FLIGHT", 2, minimum=1),
+            model_queue_wait_s=_float(env, "MODEL_QUEUE_WAIT", 30.0),
+            restart_budget=_int(env, "MODEL_RESTART_BUDGET", 5, minimum=1),
+            restart_refill_s=_float(env, "MODEL_RESTART_REFILL", 600.0, minimum=1.0),
+            restart_backoff_s=_float(env, "MODEL_RESTART_BACKOFF", 1.0),
+            restart_backoff_max_s=_float(env, "MODEL_RESTART_BACKOFF_MAX", 60.0),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":

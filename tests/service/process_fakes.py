@@ -37,6 +37,8 @@ def hold_the_interpreter(seconds: float, calibration: tuple[int, float]) -> None
 CRASH_CLUSTERS = 91  # n_clusters=91: the child exits
 RAISE_CLUSTERS = 92  # n_clusters=92: the method raises
 HOG_CLUSTERS = 93  # n_clusters=93: the method holds the interpreter lock for crf_iterations seconds
+HANG_CLUSTERS = 94  # n_clusters=94: the method never returns (sleeps forever)
+SLEEP_CLUSTERS = 95  # n_clusters=95: the method sleeps crf_iterations tenths of a second, then answers
 
 
 def fake_segment(mask: np.ndarray, text: str, text_score: float) -> Segment:
@@ -57,6 +59,12 @@ class GilHoggingSegmenter:
             os._exit(3)
         if self.settings.n_clusters == RAISE_CLUSTERS:
             raise ValueError("bad settings for this fake")
+        if self.settings.n_clusters == HANG_CLUSTERS:
+            (self.state_dir / "hanging").write_text(str(os.getpid()))
+            while True:
+                time.sleep(3600)
+        if self.settings.n_clusters == SLEEP_CLUSTERS:
+            time.sleep(self.settings.crf_iterations / 10)
         if self.settings.n_clusters == HOG_CLUSTERS:
             # time.monotonic() is the system-wide CLOCK_MONOTONIC: comparable across processes
             (self.state_dir / "started").write_text(f"{os.getpid()} {time.monotonic()}")
@@ -111,3 +119,11 @@ def quick_library(config) -> QuickMethods:
 def child_training_hook(request) -> dict:
     (request.model_dir / "trained-by").write_text(str(os.getpid()))
     return {"pid": os.getpid(), "annotations": len(request.annotations)}
+
+
+def sleepy_training_hook(request) -> dict:
+    """Sleeps the seconds written in ``MODEL_DIR/train-seconds`` (a stand-in for a long training run)."""
+    seconds = float((request.model_dir / "train-seconds").read_text())
+    (request.model_dir / "training-started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "slept": seconds}
