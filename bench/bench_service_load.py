@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> dict:
     env = dict(
         os.environ,
         HOST="127.0.0.1",
+        IMAGE_ALLOWED_HOSTS="127.0.0.1",  # the local image host (SSRF protection is on)
         PORT=str(port),
         MODEL_PRESET="tiny",
         MODEL_DIR=state,

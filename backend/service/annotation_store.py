@@ -312,6 +312,12 @@ class AnnotationStore:
                 if versions:
                     yield self._read(versions[-1])
 
+    def projects(self) -> list[int]:
+        """The projects that have stored annotations."""
+        if not self.root.exists():
+            return []
+        return sorted(int(d.name.split("-", 1)[1]) for d in self.root.glob("project-*") if d.name[8:].isdigit())
+
     def count(self) -> int:
         """How many annotations have been stored (deleted ones included)."""
         return sum(1 for _ in self.root.glob("project-*/annotation-*")) if self.root.exists() else 0

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from flask import Flask, Response, current_app, jsonify, request
@@ -36,6 +36,7 @@ from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
 from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
+from .reconcile import LabelStudioAnnotations, reconcile_project
 from .request_limits import parse_json_body
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
@@ -165,6 +166,18 @@ class SegmentationService:
             ssrf=self.ssrf_policy,
         )
 
+    def label_studio_annotations(self) -> LabelStudioAnnotations | None:
+        """Label Studio's annotations through its API, with the operator's key only (``None``
+        without ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``)."""
+        url, key = self.config.label_studio_url, self.config.label_studio_api_key
+        if url is None or not key:
+            return None
+        with self._lock:
+            auth = self._auths.get((url, key))
+            if auth is None:
+                auth = self._auths[(url, key)] = LabelStudioAuth(url, key, session=self.session)
+        return LabelStudioAnnotations(auth, self.session)
+
     def fetcher_for(self, project: str | None) -> ImageFetcher:
         """An image fetcher for a project (its access token cached across requests)."""
         source = self.image_source_for(project)
@@ -251,6 +264,11 @@ def create_app(
     training.image_source_for = lambda project_id: service.image_source_for(
         None if project_id is None else str(project_id)
     )
+    annotations = service.label_studio_annotations()
+    if annotations is not None:
+        training.reconcile = lambda project_id: reconcile_project(store, annotations, project_id)
+        if config.reconcile_interval_s > 0:
+            _start_reconcile_timer(config.reconcile_interval_s, store, jobs, training.reconcile)
 
     app = Flask("backend.service")
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
@@ -268,6 +286,20 @@ def create_app(
         config.label_studio_url or "(from /setup)",
     )
     return app
+
+
+def _start_reconcile_timer(
+    interval_s: float, store: AnnotationStore, jobs: BackgroundQueue, reconcile: Callable[[int], Any]
+) -> None:
+    """Every ``interval_s`` seconds, queue a reconciliation of each project the store knows."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            for project_id in store.projects():
+                jobs.submit(f"reconcile project {project_id}", reconcile, project_id)
+
+    threading.Thread(target=loop, name="reconcile-timer", daemon=True).start()
 
 
 def _register_basic_auth(app: Flask, config: ServiceConfig) -> None:

@@ -96,7 +96,7 @@ class ServiceConfig:
     # --- server -------------------------------------------------------------------------
     host: str = "127.0.0.1"  # HOST: this machine only; the Docker image sets 0.0.0.0
     port: int = 9090  # PORT
-    threads: int = 8  # GUNICORN_THREADS: request threads of the single gunicorn worker
+    threads: int = 32  # GUNICORN_THREADS: request threads of the single gunicorn worker (/health needs a free one)
     worker_timeout_s: int = 600  # GUNICORN_TIMEOUT
     log_level: str = "INFO"  # LOG_LEVEL
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -152,6 +152,9 @@ class ServiceConfig:
     restart_refill_s: float = 600.0  # MODEL_RESTART_REFILL: seconds per restart token regained
     restart_backoff_s: float = 1.0  # MODEL_RESTART_BACKOFF: first delay before a restart, doubling
     restart_backoff_max_s: float = 60.0  # MODEL_RESTART_BACKOFF_MAX: longest delay before a restart
+
+    # --- corrections (backend.service.reconcile) ----------------------------------------------
+    reconcile_interval_s: float = 0.0  # RECONCILE_INTERVAL: seconds between reconciliations with Label Studio; 0: off
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -210,7 +213,7 @@ class ServiceConfig:
         return cls(
             host=_text(env, "HOST", "127.0.0.1"),
             port=_int(env, "PORT", 9090, minimum=1),
-            threads=_int(env, "GUNICORN_THREADS", 8, minimum=1),
+            threads=_int(env, "GUNICORN_THREADS", 32, minimum=1),
             worker_timeout_s=_int(env, "GUNICORN_TIMEOUT", 600, minimum=0),
             log_level=_text(env, "LOG_LEVEL", "INFO").upper(),
             basic_auth_user=_text(env, "BASIC_AUTH_USER"),
@@ -254,6 +257,7 @@ class ServiceConfig:
             restart_refill_s=_float(env, "MODEL_RESTART_REFILL", 600.0, minimum=1.0),
             restart_backoff_s=_float(env, "MODEL_RESTART_BACKOFF", 1.0),
             restart_backoff_max_s=_float(env, "MODEL_RESTART_BACKOFF_MAX", 60.0),
+            reconcile_interval_s=_float(env, "RECONCILE_INTERVAL", 0.0),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":

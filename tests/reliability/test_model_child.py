@@ -98,7 +98,13 @@ class Served:
         self.image_url = self.images.url + "/ok.png"
         self.state = tmp_path / "model_dir"
         self.state.mkdir()
-        defaults = dict(model_dir=self.state, model_load_wait_s=30, image_timeout_s=5, restart_backoff_s=0.2)
+        defaults = dict(
+            model_dir=self.state,
+            model_load_wait_s=30,
+            image_timeout_s=5,
+            restart_backoff_s=0.2,
+            image_allowed_hosts=("127.0.0.1",),  # the local image host (SSRF protection is on)
+        )
         self.config = ServiceConfig(**{**defaults, **settings})
         self.runtime = ProcessModelRuntime(self.config, quick_library)
         self.app = create_app(self.config, runtime=self.runtime)

@@ -13,6 +13,13 @@ from backend.zeroguide.results import Segment, ZeroGuidanceResult
 from backend.zeroguide.settings import ZeroGuideSettings
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """The test polls for ``path``: it must never see the file before its text."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def calibrate_backtracking() -> tuple[int, float]:
     """``(n, seconds)``: a size at which one backtracking match takes a measurable time."""
     n = 16
@@ -67,9 +74,9 @@ class GilHoggingSegmenter:
             time.sleep(self.settings.crf_iterations / 10)
         if self.settings.n_clusters == HOG_CLUSTERS:
             # time.monotonic() is the system-wide CLOCK_MONOTONIC: comparable across processes
-            (self.state_dir / "started").write_text(f"{os.getpid()} {time.monotonic()}")
+            write_atomically(self.state_dir / "started", f"{os.getpid()} {time.monotonic()}")
             hold_the_interpreter(float(self.settings.crf_iterations), self.calibration)
-            (self.state_dir / "done").write_text(str(time.monotonic()))
+            write_atomically(self.state_dir / "done", str(time.monotonic()))
         height, width = image.shape[:2]
         left = np.zeros((height, width), bool)
         left[:, : width // 2] = True

@@ -82,7 +82,11 @@ def test_health_answers_while_the_child_holds_its_interpreter_lock(process_app):
     client, runtime, image, state = process_app
     replies = []
     worker = threading.Thread(
-        target=lambda: replies.append(predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {HOG_CLUSTERS}, "crf_iterations": 3}}')))
+        target=lambda: replies.append(
+            predict(
+                client, image, with_zero_guidance_settings(f'{{"n_clusters": {HOG_CLUSTERS}, "crf_iterations": 3}}')
+            )
+        )
     )
     worker.start()
     deadline = time.monotonic() + 60
