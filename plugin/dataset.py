@@ -177,9 +177,7 @@ def iter_annotated(
     """The selected annotations of every annotated task, each task's image downloaded once into
     ``out_dir/images``. ``image_suffix``: give a name without an image suffix one from its bytes."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    pager = connection.call(
-        connection.client.tasks.list, project=project_id, fields="all", page_size=100
-    )
+    pager = connection.call(connection.client.tasks.list, project=project_id, fields="all", page_size=100)
     for task in connection.call(list, pager):
         annotations = select_annotations(
             [a if isinstance(a, Mapping) else a.model_dump() for a in (task.annotations or [])], options
@@ -402,9 +400,7 @@ def export_project(
     writer = WRITERS[options.format](out_dir, project, schema, options)
     tasks: set[int] = set()
     annotation_count = region_count = 0
-    for item in iter_annotated(
-        connection, project_id, schema, out_dir, options, image_suffix=options.format == "yolo"
-    ):
+    for item in iter_annotated(connection, project_id, schema, out_dir, options, image_suffix=options.format == "yolo"):
         tasks.add(item.task_id)
         annotation_count += 1
         region_count += writer.add(item)

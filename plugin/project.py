@@ -93,9 +93,7 @@ def find_or_create_project(
         project = connection.call(connection.client.projects.get, same_title[0].id)
         return ProjectHandle(id=project.id, created=False, label_config=project.label_config or "")
     try:
-        project = connection.client.projects.create(
-            title=title, label_config=label_config, description=description
-        )
+        project = connection.client.projects.create(title=title, label_config=label_config, description=description)
     except ApiError as error:
         if error.status_code == 400:
             raise PluginError(f"Label Studio refused the project: {error_text(error.body)}") from error

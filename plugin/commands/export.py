@@ -37,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--format", choices=FORMATS, default="png", help="dataset format (default: %(default)s)")
     parser.add_argument(
-        "--coco-masks", choices=COCO_MASKS, default="rle",
+        "--coco-masks",
+        choices=COCO_MASKS,
+        default="rle",
         help="COCO segmentation: rle (exact) or polygon (holes filled) (default: %(default)s)",
     )
     parser.add_argument("--all-annotations", action="store_true", help="export every annotation, not the latest")

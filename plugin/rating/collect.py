@@ -166,4 +166,3 @@ def collect_ratings(
     if not tasks:
         raise PluginError(f"project {project_id} has no tasks: run `python -m plugin rate setup` first")
     return ratings_from_tasks(tasks, raters_per_segment)
-

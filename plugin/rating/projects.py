@@ -231,4 +231,3 @@ def prepare_rating_project(
         existing_tasks=len(source.segments) - len(pending),
         regions_without_text=source.regions_without_text,
     )
-

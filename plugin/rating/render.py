@@ -19,9 +19,7 @@ PANEL_GAP_PX = 8  # white gap between the two panels
 def _erode(mask: np.ndarray) -> np.ndarray:
     """One step of 4-neighbour binary erosion; pixels outside the image count as background."""
     padded = np.pad(mask, 1, constant_values=False)
-    return (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
+    return padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
 
 
 def segment_outline(mask: np.ndarray, width: int) -> np.ndarray:
