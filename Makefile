@@ -5,10 +5,11 @@ export LS_VENV ?= $(CURDIR)/.ls-venv
 
 .PHONY: install run test unit e2e-deps bench
 
-$(VENV)/.installed: requirements.txt
+# requirements-dev.txt: the service's requirements.txt plus the test tools (pytest, playwright).
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
