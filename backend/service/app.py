@@ -34,6 +34,7 @@ from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
 from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
+from .model_dir import model_dir_problem
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from .segmentation_model import SegmentationMLBackend
 from .training import TrainingCoordinator, TrainingHook
@@ -201,6 +202,7 @@ def create_app(
     """
     config = config or ServiceConfig.from_env()
     check_operator_settings(config)
+    model_dir_error = model_dir_problem(config.model_dir)  # /health answers 503 with it (checked once)
     runtime = runtime or make_runtime(config, methods)
     atexit.register(runtime.stop)
     store = AnnotationStore(config.model_dir / "annotations")
@@ -219,7 +221,7 @@ def create_app(
     app.extensions["segmentation_service"] = service
     _register_basic_auth(app, config)
     _register_error_handlers(app, metrics)
-    _register_routes(app, service)
+    _register_routes(app, service, model_dir_error)
     if config.load_models_on_start if load_models is None else load_models:
         runtime.start_loading()
     logger.info(
@@ -281,12 +283,14 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
         return error(500, f"internal error ({type(exc).__name__}); see the ML backend log")
 
 
-def _register_routes(app: Flask, service: SegmentationService) -> None:
+def _register_routes(app: Flask, service: SegmentationService, model_dir_error: str | None = None) -> None:
     config, runtime, metrics = service.config, service.runtime, service.metrics
 
     @app.get("/")
     @app.get("/health")
     def health():
+        if model_dir_error is not None:
+            return jsonify({"status": "ERROR", "error": model_dir_error, "models": runtime.status}), 503
         return jsonify(
             {
                 "status": "UP",
