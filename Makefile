@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 export LS_VENV ?= $(CURDIR)/.ls-venv
 
-.PHONY: install run test unit e2e-deps bench
+.PHONY: install run test unit e2e-deps bench docker-deps docker-test
 
-$(VENV)/.installed: requirements.txt
+# requirements-dev.txt: the service's requirements.txt plus the test tools (pytest, playwright).
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,3 +35,12 @@ unit: install
 
 bench: install
 	for b in bench/bench_*.py; do PYTHONPATH=. $(VENV)/bin/python $$b || exit 1; done
+
+## Debian's Docker engine, docker-compose and debootstrap, and a running dockerd (root).
+docker-deps:
+	scripts/install-docker.sh
+
+## Build the image, run and check it, then the compose stack with Label Studio (needs a Docker
+## daemon; BASE_IMAGE / LABEL_STUDIO_IMAGE as in scripts/docker-test.sh).
+docker-test:
+	scripts/docker-test.sh

@@ -36,6 +36,7 @@ from .jobs import BackgroundQueue
 from .ls_auth import LabelStudioAuth
 from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
+from .model_dir import model_dir_problem
 from .reconcile import LabelStudioAnnotations, reconcile_project
 from .request_limits import parse_json_body
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
@@ -253,6 +254,7 @@ def create_app(
     """
     config = config or ServiceConfig.from_env()
     check_operator_settings(config)
+    model_dir_error = model_dir_problem(config.model_dir)  # /health answers 503 with it (checked once)
     runtime = runtime or make_runtime(config, methods)
     atexit.register(runtime.stop)
     store = AnnotationStore(config.model_dir / "annotations")
@@ -276,7 +278,7 @@ def create_app(
     app.extensions["segmentation_service"] = service
     _register_basic_auth(app, config)
     _register_error_handlers(app, metrics)
-    _register_routes(app, service)
+    _register_routes(app, service, model_dir_error)
     if config.load_models_on_start if load_models is None else load_models:
         runtime.start_loading()
     logger.info(
@@ -366,12 +368,14 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
         return error(500, f"internal error ({type(exc).__name__}); see the ML backend log")
 
 
-def _register_routes(app: Flask, service: SegmentationService) -> None:
+def _register_routes(app: Flask, service: SegmentationService, model_dir_error: str | None = None) -> None:
     config, runtime, metrics = service.config, service.runtime, service.metrics
 
     @app.get("/")
     @app.get("/health")
     def health():
+        if model_dir_error is not None:  # every correction and cache write would fail: say so
+            return jsonify({"status": "ERROR", "error": model_dir_error, "models": runtime.status}), 503
         # 503 when the models failed to load or the model process is down and cannot restart now:
         # Label Studio then shows the backend as disconnected instead of sending predictions.
         report = runtime.health()
