@@ -38,7 +38,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        missing_prerequisite("Python playwright is not installed (it is in requirements.txt)")
+        missing_prerequisite("Python playwright is not installed (it is in requirements-dev.txt)")
     if shutil.which(str(CHROMIUM)) is None:
         missing_prerequisite(f"{CHROMIUM} not found: run scripts/install-browser.sh (or set CHROMIUM)")
     with sync_playwright() as playwright:
