@@ -22,7 +22,8 @@ the segment (0 incorrect, 1 partially correct, 2 correct but too general/specifi
 
   rate setup --project SOURCE_ID [--raters 3]
       make a rating project with one task per predicted segment that has a text: the input
-      image next to the segment highlighted in green, the predicted text, a required 0-3
+      image next to the segment highlighted (the rest dimmed, a black and white outline), the
+      predicted text, a required 0-3
       choice; each task asks for --raters annotations by distinct annotators.
   rate collect --project RATING_ID --out ratings.json [--report report.json]
       write the ratings as the records `python -m backend.evaluation ratings` reads and

@@ -10,8 +10,8 @@ Here that becomes a dedicated *rating project*:
 
 - one task per predicted zero-guidance segment of a *source project* (a brush region of a
   stored prediction that has a text in a per-region TextArea);
-- the task's image is one PNG rendered here, input image | segmented image (`rating_image`),
-  uploaded like any image; the predicted text is in the task data and shown under the image;
+- the task's image is one PNG rendered here, input image | segmented image (`rating_image`: the
+  region in its own colours, the rest dimmed, a black and white outline), uploaded like any image; the predicted text is in the task data and shown under the image;
 - the label config (`rating_label_config`) holds the paper's instruction (``RATING_INSTRUCTION``)
   and one ``<Choice>`` per score whose hint is the appendix F definition (``RATING_SCALE``);
 - the project asks for ``raters`` (3) annotations per task from distinct annotators:
@@ -25,7 +25,7 @@ text, as in the section 5.2 user study / Table 2).
 
 Modules:
     config     the rating project's label config and instruction; the names it shares with task data
-    render     the task's picture: input image | segmented image with the region in green
+    render     the task's picture: input image | segmented image with the region highlighted
     segments   the source project's predicted segments (`RatingSegment`, its task data)
     projects   create and fill the rating project (`prepare_rating_project`)
     collect    the rating project's annotations as rating records (`collect_ratings`)
@@ -54,14 +54,17 @@ from plugin.rating.projects import (
     prepare_rating_project,
 )
 from plugin.rating.render import (
-    HIGHLIGHT_ALPHA,
-    HIGHLIGHT_RGB,
+    DIM_FACTOR,
     OUTLINE_FRACTION,
+    OUTLINE_INNER_RGB,
+    OUTLINE_MIN_PX,
+    OUTLINE_OUTER_RGB,
     PANEL_GAP_PX,
     decode_image,
     highlight_segment,
+    outline_bands,
+    outline_width,
     rating_image,
-    segment_outline,
 )
 from plugin.rating.segments import (
     RatingSegment,
@@ -74,11 +77,13 @@ from plugin.rating.segments import (
 __all__ = [
     "CollectedRatings",
     "ExistingRatingTasks",
-    "HIGHLIGHT_ALPHA",
-    "HIGHLIGHT_RGB",
+    "DIM_FACTOR",
     "IMAGE_KEY",
     "LINK_KEYS",
     "OUTLINE_FRACTION",
+    "OUTLINE_INNER_RGB",
+    "OUTLINE_MIN_PX",
+    "OUTLINE_OUTER_RGB",
     "PANEL_GAP_PX",
     "RATING_CONTROL",
     "RatingSegment",
@@ -94,6 +99,8 @@ __all__ = [
     "existing_rating_tasks",
     "get_project",
     "highlight_segment",
+    "outline_bands",
+    "outline_width",
     "is_rating_config",
     "newest_predictions",
     "predicted_segments",
@@ -104,5 +111,4 @@ __all__ = [
     "ratings_from_tasks",
     "region_text",
     "score_of",
-    "segment_outline",
 ]

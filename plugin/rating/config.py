@@ -42,7 +42,7 @@ def rating_label_config() -> str:
     definitions = ElementTree.SubElement(view, "View")
     for level in sorted(RATING_SCALE, key=lambda level: -level.score):
         header(definitions, f"Score {level.score} ({level.name}): {level.definition}", 6)
-    header(view, "Left: input image (only for reference). Right: segmented image with the green highlighted region.", 6)
+    header(view, "Left: input image (only for reference). Right: the same image with the region highlighted.", 6)
     ElementTree.SubElement(view, "Image", name=IMAGE_KEY, value=f"${IMAGE_KEY}", zoom="true", zoomControl="true")
     header(view, "Label:", 5)
     header(view, f"${TEXT_KEY}", 3)

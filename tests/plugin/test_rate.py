@@ -29,7 +29,7 @@ from plugin.connection import ConnectionSettings, LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.rating.collect import ratings_from_tasks, score_of
 from plugin.rating.config import rating_label_config
-from plugin.rating.render import highlight_segment, rating_image
+from tests.plugin.test_rating_render import reference_segmented
 
 URL = "http://ls.test:8080"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
@@ -198,55 +198,6 @@ def source(fake, label_config) -> tuple[int, int]:
     newest.append(brush("c1", box(0, 0, 3, 3), control="class_mask", label="cat"))  # FMbSeg: no text
     fake.predictions.append({"id": 9, "task": task_id, "project": project_id, "model_version": "v2", "result": newest})
     return project_id, task_id
-
-
-# --------------------------------------------------------------------- independent reference
-def reference_segmented(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pixel by pixel: a mask pixel with a 4-neighbour outside the mask (or the image) is pure
-    green, other mask pixels are half green, the rest unchanged (1 px outline for small images)."""
-    out = image.copy()
-    height, width = mask.shape
-    for y in range(height):
-        for x in range(width):
-            if not mask[y, x]:
-                continue
-            neighbours = [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
-            on_border = any(not (0 <= ny < height and 0 <= nx < width) or not mask[ny, nx] for ny, nx in neighbours)
-            if on_border:
-                out[y, x] = (0, 255, 0)
-            else:
-                out[y, x] = [round(0.5 * int(image[y, x, c]) + 0.5 * (0, 255, 0)[c] + 1e-9) for c in range(3)]
-    return out
-
-
-# ------------------------------------------------------------------------------- rendering
-def test_highlight_by_hand():
-    image = np.zeros((7, 7, 3), dtype=np.uint8)
-    image[:] = (90, 101, 110)
-    mask = np.zeros((7, 7), dtype=bool)
-    mask[1:6, 1:6] = True
-    out = highlight_segment(image, mask)
-    assert tuple(out[0, 0]) == (90, 101, 110)  # outside: unchanged
-    assert tuple(out[1, 3]) == (0, 255, 0)  # border: green
-    assert tuple(out[3, 3]) == (45, 178, 55)  # inside: (90 + 0) / 2, (101 + 255) / 2, (110 + 0) / 2
-    assert (out[2:5, 2:5] == (45, 178, 55)).all()
-    ring = mask & ~np.pad(np.ones((3, 3), bool), 2)
-    assert (out[ring] == (0, 255, 0)).all()
-
-
-def test_rating_image_is_input_then_segmented():
-    image = source_image()
-    mask, _ = SEGMENTS["r/1"]
-    panels = rating_image(image, mask)
-    assert panels.shape == (H, 2 * W + 8, 3)
-    np.testing.assert_array_equal(panels[:, :W], image)
-    assert (panels[:, W : W + 8] == 255).all()
-    np.testing.assert_array_equal(panels[:, W + 8 :], reference_segmented(image, mask))
-
-
-def test_highlight_refuses_mismatched_mask():
-    with pytest.raises(ValueError, match="does not match"):
-        highlight_segment(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), bool))
 
 
 # ---------------------------------------------------------------------------- label config
