@@ -38,7 +38,7 @@ from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
 from .reconcile import LabelStudioAnnotations, reconcile_project
 from .request_limits import parse_json_body
-from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
+from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime, project_number
 from .segmentation_model import SegmentationMLBackend
 from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
@@ -164,6 +164,7 @@ class SegmentationService:
             api_key=key,
             local_files_root=self.config.local_files_root,
             ssrf=self.ssrf_policy,
+            project_id=project_number(project),
         )
 
     def label_studio_annotations(self) -> LabelStudioAnnotations | None:
@@ -195,6 +196,7 @@ class SegmentationService:
             local_files_root=source.local_files_root,
             session=self.image_session,
             ssrf=source.ssrf,
+            project_id=source.project_id,
         )
 
 
