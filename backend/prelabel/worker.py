@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,13 +174,13 @@ class TaskPredictor:
         """Wait for the models (raises ``ModelsNotReady`` when loading failed); what this worker is."""
         started = time.monotonic()
         self.runtime.wait_until_ready(timeout_s)
-        device = None
-        try:
-            import torch  # already loaded with the models
-
-            device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
-        except Exception:  # fake methods in tests, or no torch
-            device = "unknown"
+        device = "unknown"  # fake methods in tests, or the models in another process
+        torch = sys.modules.get("torch")  # never imported here: the backend's HTTP process stays torch-free
+        if torch is not None and getattr(self.runtime, "_models", None) is not None:
+            try:
+                device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+            except Exception:
+                pass
         return {
             "model_version": self.version,
             "host": socket.gethostname(),
