@@ -90,7 +90,7 @@ LABEL_STUDIO_MEDIA_PREFIXES = ("/data/upload/", LOCAL_FILES_PREFIX, "/storage-da
 PRESIGN_PATH = re.compile(r"/(tasks|projects)/[0-9]+/presign/?")
 # A URI Label Studio stores for a cloud storage connection (s3://, gs://, azure-blob://, ...):
 # any scheme but the ones fetched directly.
-CLOUD_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://\S+")
+CLOUD_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://[^\x00-\x1f\x7f]+")  # keys may hold spaces
 DIRECT_SCHEMES = frozenset({"http", "https", "file", "data"})
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)

@@ -19,7 +19,8 @@ from .fake_label_studio import LEGACY_TOKEN
     "reference, cloud",
     [
         ("s3://bucket/a.png", True),
-        ("gs://bucket/dir/a b.png", False),  # whitespace: not a URI
+        ("gs://bucket/dir/a b.png", True),  # object keys may hold spaces
+        ("s3://bucket/a\nb.png", False),
         ("gs://bucket/dir/a.png", True),
         ("azure-blob://container/a.png", True),
         ("azure-spi://container/a.png", True),
