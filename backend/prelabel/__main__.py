@@ -21,6 +21,7 @@ from ..service.config import ServiceConfig
 from .client import LabelStudioClient
 from .engines import RayPool
 from .job import JobOptions, JobProgress, PrelabelJob, parse_task_ids
+from .tiling import TileSpec
 from .worker import WorkerSpec, parse_methods
 
 logger = logging.getLogger("backend.prelabel")
@@ -49,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         default=None,
         help="zero-guidance, fmbseg or both (comma-separated); default: what the label config asks for",
+    )
+    parser.add_argument(
+        "--tiles",
+        default=None,
+        metavar="SIZE[:OVERLAP]",
+        help="tiled FMbSeg base prediction at the original resolution: square tiles of SIZE px (e.g. 518, "
+        "DINOv2's input) overlapping by OVERLAP (default 64); needs an alignment checkpoint; own model version",
     )
     parser.add_argument("--limit", type=int, default=None, help="predict at most this many tasks in this run")
     parser.add_argument("--tasks", default=None, help="only these task ids: 1,2,10-20")
@@ -129,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         modes = parse_methods(args.methods)
+        tiles = TileSpec.parse(args.tiles) if args.tiles else None
         task_ids = parse_task_ids(args.tasks)
         options = JobOptions(
             project_id=args.project,
@@ -149,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     client = LabelStudioClient(config.label_studio_url, config.label_studio_api_key)
 
     def spec_for(label_config: str) -> WorkerSpec:
-        return WorkerSpec(label_config=label_config, project_id=args.project, config=worker_config, modes=modes)
+        return WorkerSpec(
+            label_config=label_config, project_id=args.project, config=worker_config, modes=modes, tiles=tiles
+        )
 
     def pool_for(spec: WorkerSpec) -> RayPool:
         return RayPool(

@@ -15,20 +15,22 @@ actor (one per worker) or calls it in a thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..service.adapters import CLASSES, ZERO_GUIDANCE
 from ..service.config import ServiceConfig
-from ..service.images import ImageFetcher, ImageLimits, ImageSource, LoadedImage
+from ..service.images import ImageFetcher, ImageFetchError, ImageLimits, ImageSource, LoadedImage, decode_image
 from ..service.runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
 from ..service.segmentation_model import SegmentationMLBackend
 from ..service.ssrf import SsrfPolicy
+from .tiling import TiledClassMasks, TileSpec
 
 logger = logging.getLogger(__name__)
 
@@ -84,20 +86,47 @@ class WorkerSpec:
     config: ServiceConfig
     modes: tuple[str, ...] | None = None  # None: every method the label config asks for
     images: ImageSource | None = None
+    tiles: TileSpec | None = None  # tiled FMbSeg base prediction at the original resolution
 
     def image_source(self) -> ImageSource:
         return self.images or image_source(self.config, self.project_id)
 
 
+class TiledSegmentationMLBackend(SegmentationMLBackend):
+    """The backend's model with its class-mask tags tiled (:mod:`backend.prelabel.tiling`)."""
+
+    tiles: TileSpec
+    full_resolution: Callable[[LoadedImage], LoadedImage] | None = None  # set per task by the worker
+
+    @property
+    def model_version(self) -> str:
+        return f"{super().model_version}-{self.tiles.suffix}"
+
+    def use_tiles(self, tiles: TileSpec) -> None:
+        self.tiles = tiles
+        if not any(adapter.mode == CLASSES for adapter in self.adapters):
+            raise ValueError("--tiles tiles FMbSeg's class masks, but the label config (or --methods) has no class-mask tag")
+        self.adapters = [
+            TiledClassMasks(adapter, tiles, self._full) if adapter.mode == CLASSES else adapter for adapter in self.adapters
+        ]
+
+    def _full(self, image: LoadedImage) -> LoadedImage:
+        if self.full_resolution is None:
+            raise RuntimeError("no full-resolution image source for this task")
+        return self.full_resolution(image)
+
+
 def build_model(
     spec: WorkerSpec, runtime: Runtime, fetcher_for: Any = None
 ) -> SegmentationMLBackend:
-    """The backend's model for the project, keeping only the adapters of ``spec.modes``.
+    """The backend's model for the project, keeping only the adapters of ``spec.modes``
+    (``spec.tiles``: class masks tiled, with their own model version).
 
     Raises ``LabelConfigError`` when the config cannot be served, ``ValueError`` when it asks for
     none of the chosen methods. Builds no models (cheap): the driver uses it for ``model_version``.
     """
-    model = SegmentationMLBackend(
+    model_class = TiledSegmentationMLBackend if spec.tiles is not None else SegmentationMLBackend
+    model = model_class(
         spec.label_config,
         str(spec.project_id),
         config=spec.config,
@@ -111,12 +140,24 @@ def build_model(
             asked = sorted({adapter.mode for adapter in model.adapters})
             raise ValueError(f"the label config asks for {asked}, none of the chosen methods {list(spec.modes)}")
         model.adapters = kept
+    if spec.tiles is not None:
+        model.use_tiles(spec.tiles)
     return model
 
 
 def plan_version(spec: WorkerSpec) -> str:
-    """The ``model_version`` the job's predictions carry (computed without loading any model)."""
-    return build_model(spec, ModelRuntime(spec.config)).model_version
+    """The ``model_version`` the job's predictions carry (computed without loading any model).
+
+    Raises ``ValueError`` for tiles without an FMbSeg alignment checkpoint (tiling is for Stage 2).
+    """
+    runtime = ModelRuntime(spec.config)
+    model = build_model(spec, runtime)
+    if spec.tiles is not None and runtime.checkpoints.path(spec.project_id) is None:
+        raise ValueError(
+            "--tiles tiles FMbSeg's Stage 2 base prediction, which needs an alignment checkpoint: this project "
+            "has none (train one from corrections, or set FMBSEG_CHECKPOINT)"
+        )
+    return model.model_version
 
 
 @dataclass
@@ -135,20 +176,46 @@ class TaskOutcome:
         return self.prediction is not None
 
 
+def _fetch_and_decode(fetcher: ImageFetcher, reference: str, task_id: int | None) -> tuple[bytes, LoadedImage]:
+    data = fetcher.fetch_bytes(reference, task_id)
+    return data, decode_image(data, fetcher.limits, source=_source_name(reference))
+
+
+def _source_name(reference: str) -> str:
+    from ..service.images import _short  # how the backend names an image in messages
+
+    return _short(reference)
+
+
 class _TaskFetcher:
     """The fetcher ``predict_task`` sees for one task: its images prefetched, cloud URIs presigned
-    through this task's route."""
+    through this task's route; the bytes kept for a full-resolution decode (tiled mode)."""
 
     def __init__(self, fetcher: ImageFetcher, task_id: int, prefetched: dict[str, Future]) -> None:
         self._fetcher = fetcher
         self._task_id = task_id
         self._prefetched = prefetched
+        self._bytes: dict[int, bytes] = {}  # id(LoadedImage) -> its file
 
     def load(self, reference: str) -> LoadedImage:
         future = self._prefetched.pop(reference, None) if isinstance(reference, str) else None
         if future is not None:
-            return future.result()
-        return self._fetcher.load(reference, task_id=self._task_id)
+            data, image = future.result()
+        else:
+            data, image = _fetch_and_decode(self._fetcher, reference, self._task_id)
+        self._bytes[id(image)] = data
+        return image
+
+    def full_resolution(self, image: LoadedImage) -> LoadedImage:
+        """``image`` decoded again without the downscale to ``MODEL_MAX_PIXELS`` (still within
+        ``IMAGE_MAX_PIXELS``)."""
+        if not image.is_downscaled:
+            return image
+        data = self._bytes.get(id(image))
+        if data is None:
+            raise ImageFetchError(f"{image.source}: its bytes are gone; cannot decode it at full resolution")
+        limits = dataclasses.replace(self._fetcher.limits, model_max_pixels=self._fetcher.limits.max_pixels)
+        return decode_image(data, limits, source=image.source)
 
 
 class TaskPredictor:
@@ -202,14 +269,17 @@ class TaskPredictor:
         for adapter in self.model.adapters:
             reference = data.get(adapter.image_key)
             if isinstance(reference, str) and reference not in futures:
-                futures[reference] = self._pool.submit(self.fetcher.load, reference, task_id=task.get("id"))
+                futures[reference] = self._pool.submit(_fetch_and_decode, self.fetcher, reference, task.get("id"))
         return futures
 
     def _predict_one(self, task: dict, futures: dict[str, Future]) -> TaskOutcome:
         task_id = int(task.get("id"))
         started = time.monotonic()
+        task_fetcher = _TaskFetcher(self.fetcher, task_id, futures)
+        if isinstance(self.model, TiledSegmentationMLBackend):
+            self.model.full_resolution = task_fetcher.full_resolution
         try:
-            prediction, problems = self.model.predict_task(task, self.version, _TaskFetcher(self.fetcher, task_id, futures))
+            prediction, problems = self.model.predict_task(task, self.version, task_fetcher)
         except ModelsNotReady as error:  # busy or not loaded: worth another try later
             return TaskOutcome(task_id, error=f"models not ready: {error}", seconds=time.monotonic() - started)
         except Exception as error:
