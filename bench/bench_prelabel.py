@@ -66,8 +66,10 @@ class Studio:
         project_id = self.api("POST", "/api/projects", json={"title": title, "label_config": config}).json()["id"]
         files = [(f"f{i}", (f"img-{i}.png", data, "image/png")) for i, data in enumerate(images)]
         reply = self.api(
-            "POST", f"/api/projects/{project_id}/import",
-            params={"return_task_ids": "true", "commit_to_project": "true"}, files=files,
+            "POST",
+            f"/api/projects/{project_id}/import",
+            params={"return_task_ids": "true", "commit_to_project": "true"},
+            files=files,
         )
         reply.raise_for_status()
         return project_id, reply.json()["task_ids"]
@@ -85,28 +87,51 @@ def run_retrieve(studio: Studio, backend_url: str, images: list[bytes], batch: i
     for start in range(0, len(task_ids), batch):
         selected = {"all": False, "included": task_ids[start : start + batch]}
         reply = studio.api(
-            "POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project_id},
+            "POST",
+            "/api/dm/actions",
+            params={"id": "retrieve_tasks_predictions", "project": project_id},
             json={"selectedItems": selected},
         )
         reply.raise_for_status()
     seconds = time.monotonic() - started
     done = studio.predicted(project_id)
-    return {"way": "retrieve", "images": len(images), "predicted": done, "end_to_end_s": round(seconds, 1),
-            "end_to_end_images_per_s": round(done / seconds, 3), "steady_images_per_s": None}
+    return {
+        "way": "retrieve",
+        "images": len(images),
+        "predicted": done,
+        "end_to_end_s": round(seconds, 1),
+        "end_to_end_images_per_s": round(done / seconds, 3),
+        "steady_images_per_s": None,
+    }
 
 
 def run_job(studio: Studio, workers: int, images: list[bytes], model_dir: Path, timeout_s: float) -> dict:
     project_id, _ = studio.project(f"bench ray {workers}", images)
     env = dict(os.environ)
     env.update(
-        LABEL_STUDIO_URL=studio.server.url, LABEL_STUDIO_API_KEY=studio.server.legacy_token, MODEL_PRESET="tiny",
-        MODEL_DIR=str(model_dir), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LOG_LEVEL="WARNING",
+        LABEL_STUDIO_URL=studio.server.url,
+        LABEL_STUDIO_API_KEY=studio.server.legacy_token,
+        MODEL_PRESET="tiny",
+        MODEL_DIR=str(model_dir),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        LOG_LEVEL="WARNING",
     )
-    command = [sys.executable, "-m", "backend.prelabel", "--project", str(project_id), "--workers", str(workers),
-               "--no-progress", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "backend.prelabel",
+        "--project",
+        str(project_id),
+        "--workers",
+        str(workers),
+        "--no-progress",
+        "--json",
+    ]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     finally:
@@ -119,9 +144,15 @@ def run_job(studio: Studio, workers: int, images: list[bytes], model_dir: Path, 
     if summary["status"] != "done":
         raise RuntimeError(f"job with {workers} workers: {summary}\n{stderr.decode()[-2000:]}")
     done = studio.predicted(project_id)
-    return {"way": f"ray-{workers}", "images": len(images), "predicted": done, "end_to_end_s": round(seconds, 1),
-            "end_to_end_images_per_s": round(done / seconds, 3),
-            "steady_images_per_s": round(summary["images_per_s"], 3), "job_seconds": summary["seconds"]}
+    return {
+        "way": f"ray-{workers}",
+        "images": len(images),
+        "predicted": done,
+        "end_to_end_s": round(seconds, 1),
+        "end_to_end_images_per_s": round(done / seconds, 3),
+        "steady_images_per_s": round(summary["images_per_s"], 3),
+        "job_seconds": summary["seconds"],
+    }
 
 
 def main() -> None:
@@ -143,8 +174,14 @@ def main() -> None:
         backend = None
         try:
             studio = Studio(server)
-            backend = start_backend(Path(sys.executable), scratch / "backend", server.url, server.legacy_token,
-                                    log_path=scratch / "backend.log", extra_env={"LOG_LEVEL": "WARNING"})
+            backend = start_backend(
+                Path(sys.executable),
+                scratch / "backend",
+                server.url,
+                server.legacy_token,
+                log_path=scratch / "backend.log",
+                extra_env={"LOG_LEVEL": "WARNING"},
+            )
             rows.append(run_retrieve(studio, backend.url, images, args.retrieve_batch))
             print(rows[-1], flush=True)
             backend.process.stop()  # the job's workers get the machine to themselves, as the backend did
@@ -170,8 +207,10 @@ def main() -> None:
     print("| way | images | end to end (s) | images/s end to end | images/s steady |")
     print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['way']} | {row['predicted']}/{row['images']} | {row['end_to_end_s']} | "
-              f"{row['end_to_end_images_per_s']} | {row['steady_images_per_s'] or '-'} |")
+        print(
+            f"| {row['way']} | {row['predicted']}/{row['images']} | {row['end_to_end_s']} | "
+            f"{row['end_to_end_images_per_s']} | {row['steady_images_per_s'] or '-'} |"
+        )
 
 
 if __name__ == "__main__":

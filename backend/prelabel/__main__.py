@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Ray cluster to join (host:6379, or 'auto' on a cluster node); default: a private local Ray on 127.0.0.1",
     )
-    parser.add_argument("--workers", type=int, default=2, help="workers (Ray actors), each with its own models (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers (Ray actors), each with its own models (default 2)"
+    )
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
     parser.add_argument(
         "--gpus-per-worker",
@@ -69,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the summary and failures of each run are kept (default: MODEL_DIR/prelabel)",
     )
-    parser.add_argument(
-        "--skip-failed", action="store_true", help="do not retry the tasks the previous run gave up on"
-    )
+    parser.add_argument("--skip-failed", action="store_true", help="do not retry the tasks the previous run gave up on")
     parser.add_argument("--object-store-mb", type=int, default=500, help="object store of the local Ray (default 500)")
     parser.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
@@ -133,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not config.label_studio_url or not config.label_studio_api_key:
-        print("error: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (the job reads and writes through Label Studio's API)", file=sys.stderr)
+        print(
+            "error: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (the job reads and writes through Label Studio's API)",
+            file=sys.stderr,
+        )
         return 2
     try:
         modes = parse_methods(args.methods)

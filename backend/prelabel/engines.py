@@ -212,7 +212,9 @@ class RayPool:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             import ray
 
-            ray.init(address=self.address, runtime_env={"env_vars": env_vars}, log_to_driver=False, configure_logging=False)
+            ray.init(
+                address=self.address, runtime_env={"env_vars": env_vars}, log_to_driver=False, configure_logging=False
+            )
             self._started_ray = True  # our connection; the cluster itself lives on
         self.ray = ray
 
@@ -233,8 +235,12 @@ class RayPool:
         )
         self._actors = [actor_class.remote(self.spec, self.methods_path) for _ in range(self.workers)]
         self._load = {index: 0 for index in range(self.workers)}
-        logger.info("%d Ray workers, %.2g CPU and %.2g GPU each; loading their models", self.workers, self.cpus_per_worker, gpus)
-        infos = ray.get([actor.ready.remote(self.ready_timeout_s) for actor in self._actors], timeout=self.ready_timeout_s + 60)
+        logger.info(
+            "%d Ray workers, %.2g CPU and %.2g GPU each; loading their models", self.workers, self.cpus_per_worker, gpus
+        )
+        infos = ray.get(
+            [actor.ready.remote(self.ready_timeout_s) for actor in self._actors], timeout=self.ready_timeout_s + 60
+        )
         return infos
 
     def submit(self, batch: list[dict]) -> None:

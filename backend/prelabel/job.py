@@ -315,7 +315,9 @@ class PrelabelJob:
         limit = options.limit
         if options.task_ids is not None:
             progress.update(project_tasks=len(options.task_ids))
-            pages: Iterator[list[ListedTask]] = iter([list(self.client.tasks_by_id(options.project_id, options.task_ids))])
+            pages: Iterator[list[ListedTask]] = iter(
+                [list(self.client.tasks_by_id(options.project_id, options.task_ids))]
+            )
         else:
             pages = self._pages()
         queued = 0
@@ -380,7 +382,10 @@ class PrelabelJob:
 
     def _collect(self, batch: list[dict], outcome: Any, retry_queue: deque) -> None:
         if isinstance(outcome, BaseException):  # the whole batch was lost (a worker died)
-            outcomes = [TaskOutcome(int(task["id"]), error=f"worker lost: {type(outcome).__name__}: {outcome}") for task in batch]
+            outcomes = [
+                TaskOutcome(int(task["id"]), error=f"worker lost: {type(outcome).__name__}: {outcome}")
+                for task in batch
+            ]
         else:
             outcomes = outcome
         by_id = {int(task["id"]): task for task in batch}

@@ -42,7 +42,9 @@ class PrelabelConflict(RuntimeError):
 class PrelabelJobs:
     """The background jobs of one backend process, one per project."""
 
-    def __init__(self, config: ServiceConfig, runtime: Runtime, fetcher_for: Callable[[str | None], ImageFetcher]) -> None:
+    def __init__(
+        self, config: ServiceConfig, runtime: Runtime, fetcher_for: Callable[[str | None], ImageFetcher]
+    ) -> None:
         self.config = config
         self.runtime = runtime
         self.fetcher_for = fetcher_for

@@ -71,7 +71,9 @@ def core_bounds(starts: list[int], size: int, length: int) -> list[tuple[int, in
     return bounds
 
 
-def tile_boxes(width: int, height: int, spec: TileSpec) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+def tile_boxes(
+    width: int, height: int, spec: TileSpec
+) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
     """``[((x0, y0, x1, y1) of the tile, (x0, y0, x1, y1) of its core), ...]`` row by row."""
     xs, ys = tile_starts(width, spec.size, spec.overlap), tile_starts(height, spec.size, spec.overlap)
     x_cores, y_cores = core_bounds(xs, spec.size, width), core_bounds(ys, spec.size, height)
@@ -141,5 +143,7 @@ class TiledClassMasks:
             mask = label_map == classes.index(prompt)
             if not mask.any() or int(mask.sum()) < adapter.min_area:
                 continue
-            results.extend(adapter.shape_results(full, mask, label, score=None)[: adapter.label_options[label].max_regions])
+            results.extend(
+                adapter.shape_results(full, mask, label, score=None)[: adapter.label_options[label].max_regions]
+            )
         return results

@@ -105,9 +105,12 @@ class TiledSegmentationMLBackend(SegmentationMLBackend):
     def use_tiles(self, tiles: TileSpec) -> None:
         self.tiles = tiles
         if not any(adapter.mode == CLASSES for adapter in self.adapters):
-            raise ValueError("--tiles tiles FMbSeg's class masks, but the label config (or --methods) has no class-mask tag")
+            raise ValueError(
+                "--tiles tiles FMbSeg's class masks, but the label config (or --methods) has no class-mask tag"
+            )
         self.adapters = [
-            TiledClassMasks(adapter, tiles, self._full) if adapter.mode == CLASSES else adapter for adapter in self.adapters
+            TiledClassMasks(adapter, tiles, self._full) if adapter.mode == CLASSES else adapter
+            for adapter in self.adapters
         ]
 
     def _full(self, image: LoadedImage) -> LoadedImage:
@@ -116,9 +119,7 @@ class TiledSegmentationMLBackend(SegmentationMLBackend):
         return self.full_resolution(image)
 
 
-def build_model(
-    spec: WorkerSpec, runtime: Runtime, fetcher_for: Any = None
-) -> SegmentationMLBackend:
+def build_model(spec: WorkerSpec, runtime: Runtime, fetcher_for: Any = None) -> SegmentationMLBackend:
     """The backend's model for the project, keeping only the adapters of ``spec.modes``
     (``spec.tiles``: class masks tiled, with their own model version).
 
@@ -284,9 +285,7 @@ class TaskPredictor:
             return TaskOutcome(task_id, error=f"models not ready: {error}", seconds=time.monotonic() - started)
         except Exception as error:
             logger.warning("task %s failed: %s: %s", task_id, type(error).__name__, error)
-            return TaskOutcome(
-                task_id, error=f"{type(error).__name__}: {error}", seconds=time.monotonic() - started
-            )
+            return TaskOutcome(task_id, error=f"{type(error).__name__}: {error}", seconds=time.monotonic() - started)
         finally:
             for future in futures.values():  # an image the adapters did not ask for
                 future.cancel()

@@ -479,7 +479,9 @@ def _register_routes(app: Flask, service: SegmentationService) -> None:
             if request.method == "GET":
                 return jsonify({"jobs": prelabel_jobs.status()})
             if request.method == "DELETE":
-                return jsonify(prelabel_jobs.stop(request.args.get("project") or _json_body(optional=True).get("project")))
+                return jsonify(
+                    prelabel_jobs.stop(request.args.get("project") or _json_body(optional=True).get("project"))
+                )
             metrics.increment("prelabel", "requests")
             return jsonify(prelabel_jobs.start(_json_body())), 202
         except PrelabelRequestError as error:

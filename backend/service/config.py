@@ -157,7 +157,9 @@ class ServiceConfig:
     reconcile_interval_s: float = 0.0  # RECONCILE_INTERVAL: seconds between reconciliations with Label Studio; 0: off
 
     # --- pre-labelling jobs (POST /prelabel; docs/prelabel.md) --------------------------------
-    prelabel_ray_address: str | None = None  # PRELABEL_RAY_ADDRESS: Ray cluster for the jobs; None: this backend's models
+    prelabel_ray_address: str | None = (
+        None  # PRELABEL_RAY_ADDRESS: Ray cluster for the jobs; None: this backend's models
+    )
     prelabel_workers: int = 2  # PRELABEL_WORKERS: Ray workers of a job (with PRELABEL_RAY_ADDRESS)
 
     def __post_init__(self) -> None:

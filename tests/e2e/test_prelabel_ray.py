@@ -274,8 +274,12 @@ class _FrontHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
         answer = requests.request(
-            self.command, self.server.label_studio_url + self.path, headers=headers, data=body,
-            allow_redirects=False, timeout=120,
+            self.command,
+            self.server.label_studio_url + self.path,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            timeout=120,
         )
         passed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "location")}
         self._reply(answer.status_code, answer.content, passed)
@@ -292,9 +296,7 @@ def test_a_cloud_storage_task_is_fetched_through_the_presign_route(label_studio,
             "POST", f"/api/projects/{project_id}/import", json=[{"image": uri} for uri in sorted(objects)]
         )
         assert reply.status_code == 201, reply.text
-        env = job_env(
-            front.url, api_keys["pat"], job_dir / "model_dir-cloud", IMAGE_ALLOWED_HOSTS="localhost"
-        )
+        env = job_env(front.url, api_keys["pat"], job_dir / "model_dir-cloud", IMAGE_ALLOWED_HOSTS="localhost")
         log_path = logs_dir / "prelabel-ray-cloud.log"
         log_path.unlink(missing_ok=True)
         summary = run_job(["--project", str(project_id)], env, log_path)
@@ -305,9 +307,9 @@ def test_a_cloud_storage_task_is_fetched_through_the_presign_route(label_studio,
     assert summary["imported"] == 2
     assert sorted(uri for uri, _ in front.presigned) == sorted(objects)
     assert all(with_key for _, with_key in front.presigned), "the presign route was asked without the key"
-    assert front.bucket_requests and not any(with_key for _, with_key in front.bucket_requests), (
-        "the key went to the bucket"
-    )
+    assert front.bucket_requests and not any(
+        with_key for _, with_key in front.bucket_requests
+    ), "the key went to the bucket"
     stored = predictions_of(label_studio, project_id)
     assert len(stored) == 2 and {p["model_version"] for p in stored} == {summary["model_version"]}
     for prediction in stored:

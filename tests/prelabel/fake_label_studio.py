@@ -105,7 +105,8 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 predictions = [p for p in state.predictions if p["task"] == task_id]
             return self._json(
-                200, {"id": task_id, "data": state.tasks[task_id], "project": state.project_id, "predictions": predictions}
+                200,
+                {"id": task_id, "data": state.tasks[task_id], "project": state.project_id, "predictions": predictions},
             )
         if path == "/api/predictions/":
             with state.lock:
@@ -147,8 +148,12 @@ class _Handler(BaseHTTPRequestHandler):
                 for item in body:
                     assert item["task"] in state.tasks, item["task"]
                     state.predictions.append(
-                        {"task": item["task"], "model_version": item["model_version"], "result": item["result"],
-                         "score": item.get("score")}
+                        {
+                            "task": item["task"],
+                            "model_version": item["model_version"],
+                            "result": item["result"],
+                            "score": item.get("score"),
+                        }
                     )
                 if state.store_then_fail_imports > 0:
                     state.store_then_fail_imports -= 1

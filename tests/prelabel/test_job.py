@@ -59,7 +59,9 @@ def test_every_task_gets_exactly_what_predict_gives_and_a_rerun_imports_nothing(
         stored = next(p for p in state.predictions if p["task"] == task_id)
         fresh = expected_prediction(config, task_id, state.tasks[task_id])
         assert fresh["model_version"] == stored["model_version"]
-        strip = lambda result: sorted(json.dumps({k: v for k, v in r.items() if k != "id"}, sort_keys=True) for r in result)
+        strip = lambda result: sorted(
+            json.dumps({k: v for k, v in r.items() if k != "id"}, sort_keys=True) for r in result
+        )
         assert strip(stored["result"]) == strip(fresh["result"]) and stored["result"]
     imports = state.imports
     again = make_job(fake_ls, config, tmp_path).run()

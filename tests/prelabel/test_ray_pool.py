@@ -20,7 +20,9 @@ pytest.importorskip("ray")
 def ray_listening_addresses() -> list[str]:
     """``address:port`` of every TCP socket a Ray process (raylet, gcs_server, ray::...) listens on."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=10).stdout
-    return [line.split()[3] for line in out.splitlines() if any(n in line for n in ('"raylet"', '"gcs_server"', '"ray::'))]
+    return [
+        line.split()[3] for line in out.splitlines() if any(n in line for n in ('"raylet"', '"gcs_server"', '"ray::'))
+    ]
 
 
 def test_two_ray_workers_prelabel_the_project_on_loopback_only(fake_ls, config, tmp_path):
@@ -30,7 +32,11 @@ def test_two_ray_workers_prelabel_the_project_on_loopback_only(fake_ls, config, 
 
     def pool_for(spec: WorkerSpec) -> RayPool:
         pool = RayPool(
-            spec, 2, cpus_per_worker=1, object_store_bytes=100 * 1024 * 1024, ready_timeout_s=120,
+            spec,
+            2,
+            cpus_per_worker=1,
+            object_store_bytes=100 * 1024 * 1024,
+            ready_timeout_s=120,
             methods_path="tests.prelabel.conftest:make_methods",
         )
         pools.append(pool)

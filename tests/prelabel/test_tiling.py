@@ -21,7 +21,9 @@ CLASSES = ["person", "dog", "cat", "tree", "sky", "road"]
 MODEL_SIDE = 32  # the fake model sees every input at 32x32
 
 
-@pytest.mark.parametrize("length, size, overlap", [(10, 32, 8), (32, 32, 8), (100, 32, 8), (1000, 518, 64), (519, 518, 0)])
+@pytest.mark.parametrize(
+    "length, size, overlap", [(10, 32, 8), (32, 32, 8), (100, 32, 8), (1000, 518, 64), (519, 518, 0)]
+)
 def test_tiles_cover_and_cores_partition(length, size, overlap):
     starts = tile_starts(length, size, overlap)
     assert starts[0] == 0 and min(starts[-1] + size, length) == length
@@ -65,7 +67,9 @@ class LowResolutionFMbSeg:
         small = cv2.resize(image, (MODEL_SIDE, MODEL_SIDE), interpolation=cv2.INTER_AREA).astype(int)
         red = (small[..., 0] > 150) & (small[..., 2] < 120)
         labels = np.where(red, classes.index("dog"), classes.index("sky"))
-        label_map = cv2.resize(labels.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        label_map = cv2.resize(
+            labels.astype(np.uint8), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST
+        )
         return ClassMaskPrediction(label_map.astype(int), list(classes), "stage2-base", "fake", random_weights=True)
 
 
@@ -121,7 +125,9 @@ def test_a_small_object_lost_to_the_downscale_is_found_with_tiles(fake_ls, confi
     calls = job.made[0].runtime.methods.fmbseg_model.calls
     assert {shape for shape, _ in calls} <= {(64, 64, 3)} and {refine for _, refine in calls} == {False}
     # the zero-guidance tag is predicted as by /predict (same regions as the untiled run)
-    zero_guidance = lambda p: sorted(r["value"].get("text", [""])[0] for r in p["result"] if r["from_name"] == "caption")
+    zero_guidance = lambda p: sorted(
+        r["value"].get("text", [""])[0] for r in p["result"] if r["from_name"] == "caption"
+    )
     untiled = next(p for p in fake_ls.state.predictions if p["model_version"] == plain.model_version)
     assert zero_guidance(tiled_predictions[0]) == zero_guidance(untiled)
 
