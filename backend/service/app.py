@@ -1,7 +1,8 @@
 """The Flask app: Label Studio 1.23's ML backend protocol.
 
 Endpoints (shapes in docs/service.md): ``GET /health`` (and ``/``), ``POST /setup``,
-``POST /predict``, ``POST /webhook``, ``GET /metrics``, ``GET /versions``.
+``POST /predict``, ``POST /webhook``, ``GET /metrics``, ``GET /versions``; ``/prelabel`` (a
+project's pre-labelling job in the background, docs/prelabel.md).
 
 ``create_app`` builds everything from a :class:`ServiceConfig` and starts model loading in the
 background; nothing happens at import time. Errors are turned into JSON in one place
@@ -28,6 +29,7 @@ from flask import Flask, Response, current_app, jsonify, request
 from label_studio_sdk._legacy.exceptions import LabelStudioXMLSyntaxErrorSentryIgnored, LSConfigParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from ..prelabel.service import PrelabelConflict, PrelabelJobs, PrelabelRequestError
 from .adapters import ClassMaskAdapter, LabelConfigError
 from .annotation_store import AnnotationStore
 from .config import ServiceConfig
@@ -39,7 +41,7 @@ from .metrics import ServiceMetrics
 from .model_dir import model_dir_problem
 from .reconcile import LabelStudioAnnotations, reconcile_project
 from .request_limits import parse_json_body
-from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime
+from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime, project_number
 from .segmentation_model import SegmentationMLBackend
 from .ssrf import SsrfGuard, SsrfPolicy, origin_of, ssrf_safe_session
 from .training import TrainingCoordinator, TrainingHook
@@ -165,6 +167,7 @@ class SegmentationService:
             api_key=key,
             local_files_root=self.config.local_files_root,
             ssrf=self.ssrf_policy,
+            project_id=project_number(project),
         )
 
     def label_studio_annotations(self) -> LabelStudioAnnotations | None:
@@ -196,6 +199,7 @@ class SegmentationService:
             local_files_root=source.local_files_root,
             session=self.image_session,
             ssrf=source.ssrf,
+            project_id=source.project_id,
         )
 
 
@@ -276,6 +280,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
     app.json.sort_keys = False
     app.extensions["segmentation_service"] = service
+    app.extensions["prelabel_jobs"] = PrelabelJobs(config, runtime, service.fetcher_for)
     _register_basic_auth(app, config)
     _register_error_handlers(app, metrics)
     _register_routes(app, service, model_dir_error)
@@ -370,6 +375,7 @@ def _register_error_handlers(app: Flask, metrics: ServiceMetrics) -> None:
 
 def _register_routes(app: Flask, service: SegmentationService, model_dir_error: str | None = None) -> None:
     config, runtime, metrics = service.config, service.runtime, service.metrics
+    prelabel_jobs: PrelabelJobs = app.extensions["prelabel_jobs"]
 
     @app.get("/")
     @app.get("/health")
@@ -464,8 +470,29 @@ def _register_routes(app: Flask, service: SegmentationService, model_dir_error: 
             training=service.training.status(),
             background_jobs=service.jobs.stats(),
             annotations_stored=service.store.count(),
+            prelabel=prelabel_jobs.status(),
         )
         return jsonify(snapshot)
+
+    @app.route("/prelabel", methods=["GET", "POST", "DELETE"])
+    def prelabel():
+        # POST {"project": ID, "methods"?, "limit"?, "tasks"?}: start the project's pre-labelling job
+        # in the background (202); GET: every job's progress; DELETE ?project=ID: stop after the
+        # batches in flight. docs/prelabel.md.
+        try:
+            if request.method == "GET":
+                return jsonify({"jobs": prelabel_jobs.status()})
+            if request.method == "DELETE":
+                return jsonify(
+                    prelabel_jobs.stop(request.args.get("project") or _json_body(optional=True).get("project"))
+                )
+            metrics.increment("prelabel", "requests")
+            return jsonify(prelabel_jobs.start(_json_body())), 202
+        except PrelabelRequestError as error:
+            raise PayloadError(str(error)) from None
+        except PrelabelConflict as error:
+            metrics.increment("errors", "409")
+            return jsonify({"error": str(error)}), 409
 
     @app.get("/versions")
     def versions():

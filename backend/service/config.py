@@ -156,6 +156,12 @@ class ServiceConfig:
     # --- corrections (backend.service.reconcile) ----------------------------------------------
     reconcile_interval_s: float = 0.0  # RECONCILE_INTERVAL: seconds between reconciliations with Label Studio; 0: off
 
+    # --- pre-labelling jobs (POST /prelabel; docs/prelabel.md) --------------------------------
+    prelabel_ray_address: str | None = (
+        None  # PRELABEL_RAY_ADDRESS: Ray cluster for the jobs; None: this backend's models
+    )
+    prelabel_workers: int = 2  # PRELABEL_WORKERS: Ray workers of a job (with PRELABEL_RAY_ADDRESS)
+
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"PORT must be in 1..65535, got {self.port}")
@@ -258,6 +264,8 @@ class ServiceConfig:
             restart_backoff_s=_float(env, "MODEL_RESTART_BACKOFF", 1.0),
             restart_backoff_max_s=_float(env, "MODEL_RESTART_BACKOFF_MAX", 60.0),
             reconcile_interval_s=_float(env, "RECONCILE_INTERVAL", 0.0),
+            prelabel_ray_address=_text(env, "PRELABEL_RAY_ADDRESS"),
+            prelabel_workers=_int(env, "PRELABEL_WORKERS", 2, minimum=1),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":

@@ -10,13 +10,20 @@ Where an image comes from (in this order):
 * every other path starting with ``/`` (``/data/upload/...``, ``/tasks/.../presign/...``,
   ``/storage-data/...``) is relative to Label Studio and fetched from ``LABEL_STUDIO_URL`` with
   its API key (see :mod:`backend.service.ls_auth`);
+* cloud-storage URIs (``s3://``, ``gs://``, ``azure-blob://``: any ``scheme://`` that is not
+  http(s), ``file`` or ``data``) are what Label Studio stores for a cloud storage connection; they
+  are fetched through Label Studio's presign route on ``LABEL_STUDIO_URL``:
+  ``/tasks/<task id>/presign/?fileuri=<base64url(uri)>`` when the task is known, else
+  ``/projects/<project id>/presign/?fileuri=...`` (:func:`presign_path`). Label Studio answers with
+  a redirect to a presigned URL (followed without the key, SSRF-checked like any URL) or proxies
+  the bytes itself;
 * ``http(s)://`` URLs are fetched as given; the API key is sent only to Label Studio's own origin.
 
 Network guards: SSRF protection (:mod:`backend.service.ssrf`: every connection, redirect hops
 included, goes to a checked, pinned address; at most ``MAX_REDIRECTS`` hops, each re-checked
 here), Label Studio's own URLs only under its media prefixes (``/data/upload/``,
-``/data/local-files/``, ``/storage-data/``, ``/tasks/<id>/presign/``: never its API, which the key
-could read), the key only to Label Studio's origin and only while a redirect chain stays there,
+``/data/local-files/``, ``/storage-data/``, ``/tasks/<id>/presign/``, ``/projects/<id>/presign/``:
+never its API, which the key could read), the key only to Label Studio's origin and only while a redirect chain stays there,
 a byte limit (Content-Length and while streaming), a deadline for the whole download. URLs appear
 in messages and logs without their query strings (presigned URLs carry signatures there).
 
@@ -80,7 +87,11 @@ ORIENTATION_TRANSPOSE = {
 DECODED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP")
 # Paths of Label Studio's own that may be fetched (with the key): its media, never its API.
 LABEL_STUDIO_MEDIA_PREFIXES = ("/data/upload/", LOCAL_FILES_PREFIX, "/storage-data/")
-PRESIGN_PATH = re.compile(r"/tasks/[0-9]+/presign/?")
+PRESIGN_PATH = re.compile(r"/(tasks|projects)/[0-9]+/presign/?")
+# A URI Label Studio stores for a cloud storage connection (s3://, gs://, azure-blob://, ...):
+# any scheme but the ones fetched directly.
+CLOUD_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://[^\x00-\x1f\x7f]+")  # keys may hold spaces
+DIRECT_SCHEMES = frozenset({"http", "https", "file", "data"})
 MAX_REDIRECTS = 3
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
@@ -124,9 +135,43 @@ def media_path_problem(path: str) -> str | None:
     if decoded.startswith(LABEL_STUDIO_MEDIA_PREFIXES) or PRESIGN_PATH.fullmatch(decoded):
         return None
     return (
-        "refused: not a Label Studio media path (only /data/upload/, /data/local-files/, /storage-data/ "
-        "and /tasks/<id>/presign/ are fetched from Label Studio)"
+        "refused: not a Label Studio media path (only /data/upload/, /data/local-files/, /storage-data/, "
+        "/tasks/<id>/presign/ and /projects/<id>/presign/ are fetched from Label Studio)"
     )
+
+
+def is_cloud_uri(reference: str) -> bool:
+    """Whether ``reference`` is a cloud-storage URI (``s3://bucket/key``, ``gs://...``, ``azure-blob://...``)."""
+    match = CLOUD_URI.fullmatch(reference.strip()) if isinstance(reference, str) else None
+    return match is not None and match.group("scheme").lower() not in DIRECT_SCHEMES
+
+
+def presign_path(uri: str, task_id: int | str | None = None, project_id: int | str | None = None) -> str:
+    """Label Studio's presign route for a cloud URI: ``/tasks/<id>/presign/?fileuri=<base64url>``
+    (``/projects/<id>/presign/...`` when only the project is known), as Label Studio builds it itself.
+
+    Raises ``ImageFetchError`` when neither id is a number.
+    """
+    fileuri = base64.urlsafe_b64encode(uri.strip().encode("utf-8")).decode("ascii")
+    query = urllib.parse.urlencode({"fileuri": fileuri})
+    for kind, value in (("tasks", task_id), ("projects", project_id)):
+        number = _positive_int(value)
+        if number is not None:
+            return f"/{kind}/{number}/presign/?{query}"
+    raise ImageFetchError(
+        f"{_short(uri)} is a cloud-storage URI: it is fetched through Label Studio's presign route, "
+        "which needs the task's (or the project's) id"
+    )
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(str(value).split(".")[0]) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number > 0 else None
 
 
 @dataclass(frozen=True)
@@ -295,6 +340,7 @@ class ImageSource:
     api_key: str | None = field(default=None, repr=False)
     local_files_root: Path | None = None
     ssrf: SsrfPolicy | None = None  # None: protection on, ``label_studio_url`` exempt
+    project_id: int | None = None  # for cloud URIs of tasks whose id is not known
 
     def fetcher(self) -> "ImageFetcher":
         auth = LabelStudioAuth(self.label_studio_url, self.api_key) if self.label_studio_url and self.api_key else None
@@ -304,6 +350,7 @@ class ImageSource:
             auth=auth,
             local_files_root=self.local_files_root,
             ssrf=self.ssrf,
+            project_id=self.project_id,
         )
 
 
@@ -315,6 +362,8 @@ class ImageFetcher:
     go through a session whose every connection is checked and pinned: ``session`` if it was made
     by :func:`~backend.service.ssrf.ssrf_safe_session` for the same policy (and no ``resolver`` is
     given), else one of the fetcher's own. With it off, ``session`` (or a plain one) is used.
+    ``project_id``: the Label Studio project whose tasks are loaded (cloud URIs of tasks whose id
+    is not given go through the project's presign route).
     """
 
     def __init__(
@@ -327,8 +376,10 @@ class ImageFetcher:
         session: requests.Session | None = None,
         ssrf: SsrfPolicy | None = None,
         resolver: Resolver | None = None,
+        project_id: int | None = None,
     ) -> None:
         self.limits = limits
+        self.project_id = project_id
         self.label_studio_url = label_studio_url.rstrip("/") if label_studio_url else None
         self.auth = auth
         self.local_files_root = Path(local_files_root).resolve() if local_files_root else None
@@ -346,16 +397,23 @@ class ImageFetcher:
 
     # ---- public -------------------------------------------------------------------------
 
-    def load(self, reference: str) -> LoadedImage:
-        """Fetch and decode the image a task refers to."""
-        return decode_image(self.fetch_bytes(reference), self.limits, source=_short(reference))
+    def load(self, reference: str, task_id: int | None = None) -> LoadedImage:
+        """Fetch and decode the image a task refers to (``task_id``: the task's, for cloud URIs)."""
+        return decode_image(self.fetch_bytes(reference, task_id), self.limits, source=_short(reference))
 
-    def fetch_bytes(self, reference: str) -> bytes:
+    def fetch_bytes(self, reference: str, task_id: int | None = None) -> bytes:
         if not isinstance(reference, str) or not reference.strip():
             raise ImageFetchError(f"image reference must be a non-empty string, got {reference!r}")
         reference = reference.strip()
         if reference.startswith("data:"):
             return self._data_uri(reference)
+        if is_cloud_uri(reference):
+            if self.label_studio_url is None:
+                raise ImageFetchError(
+                    f"{_short(reference)} is a cloud-storage URI, presigned by Label Studio, but LABEL_STUDIO_URL "
+                    "is not set (set it, and LABEL_STUDIO_API_KEY, so the backend can ask Label Studio)"
+                )
+            return self._download(self.label_studio_url + presign_path(reference, task_id, self.project_id))
         local = self._local_path(reference)
         if local is not None:
             return self._read_local(local, reference)
@@ -374,8 +432,7 @@ class ImageFetcher:
             return self._download(reference)
         raise ImageFetchError(
             f"unsupported image reference {_short(reference)!r}: use an http(s) URL, a Label Studio path, "
-            "or a local file under LOCAL_FILES_DOCUMENT_ROOT (cloud URIs such as s3:// must be presigned "
-            "by Label Studio's storage connection)"
+            "a cloud-storage URI (s3://, gs://, azure-blob://), or a local file under LOCAL_FILES_DOCUMENT_ROOT"
         )
 
     # ---- sources ------------------------------------------------------------------------

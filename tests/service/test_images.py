@@ -94,8 +94,10 @@ def test_missing_file_and_missing_label_studio_url(fake_ls):
         fetcher_for(fake_ls).load(fake_ls.url + "/img/nothing.png")
     with pytest.raises(ImageFetchError, match="LABEL_STUDIO_URL is not set"):
         ImageFetcher(LIMITS).load("/data/upload/1/a.png")
+    with pytest.raises(ImageFetchError, match="cloud-storage URI.*LABEL_STUDIO_URL is not set"):
+        ImageFetcher(LIMITS).load("s3://bucket/a.png")  # presigned by Label Studio (tests/prelabel/test_cloud_uris.py)
     with pytest.raises(ImageFetchError, match="unsupported image reference"):
-        ImageFetcher(LIMITS).load("s3://bucket/a.png")
+        ImageFetcher(LIMITS).load("bucket/a.png")
 
 
 def test_byte_limit(fake_ls):
