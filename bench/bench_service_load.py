@@ -3,10 +3,14 @@
 Starts ``python -m backend``'s gunicorn server (one worker, ``GUNICORN_THREADS`` threads, the
 models in a child process) on 127.0.0.1 in a subprocess, serves one PNG from a local HTTP server,
 and for ``--duration`` seconds keeps ``--concurrency`` clients posting one-task ``/predict``
-requests back to back while another client asks ``/health`` once a second. Reports latency
-percentiles (p50/p99/max) of both, the status codes, failed tasks, and the resident memory (RSS)
-of the gunicorn master, its worker and the model process, sampled every 5 s: the growth is the
-last sample minus the first sample taken after a warm-up (10 % of the run, at least 5 s).
+requests back to back while another client asks ``/health`` once a second and a webhook client
+posts ``ANNOTATION_CREATED`` events at ``--webhooks-per-s`` (default 10; built from the recorded
+``tests/service/fixtures/label-studio-requests/webhook-annotation-created.json`` with a fresh
+annotation id and ``updated_at`` each time, so every one is a new stored file). Reports latency
+percentiles (p50/p99/max) of all three, the status codes, failed tasks, the annotation store's
+file count at the end, and the resident memory (RSS) of the gunicorn master, its worker and the
+model process, sampled every 5 s: the growth is the last sample minus the first sample taken
+after a warm-up (10 % of the run, at least 5 s).
 
 Methods:
 
@@ -16,13 +20,15 @@ Methods:
 * ``tiny``: the ``tiny`` preset (random weights) with the repository's ``label_config.xml``:
   real model code, a few seconds per image on a small CPU.
 
-Bounded on purpose: 1-32 clients, at most 120 s unless ``--long`` (600 s, the issue's ten
+Bounded on purpose: 1-32 clients, 0-20 webhooks/s (at most 4 in flight; a tick that finds 4 in
+flight is counted as skipped, not queued), at most 120 s unless ``--long`` (600 s, the issue's ten
 minutes), only 127.0.0.1.
 
 Usage::
 
     python bench/bench_service_load.py [--methods fake|tiny] [--concurrency 8] [--duration 60]
-        [--long] [--threads 8] [--work-tenths 2] [--out bench/results/service_load.json]
+        [--long] [--threads 8] [--work-tenths 2] [--webhooks-per-s 10]
+        [--out bench/results/service_load.json]
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ MAX_CONCURRENCY = 32
 MAX_SHORT_DURATION_S = 120.0
 LONG_DURATION_S = 600.0
 RSS_EVERY_S = 5.0
+MAX_WEBHOOKS_PER_S = 20.0
+WEBHOOKS_IN_FLIGHT = 4
+WEBHOOK_FIXTURE = REPO / "tests" / "service" / "fixtures" / "label-studio-requests" / "webhook-annotation-created.json"
+FIRST_WEBHOOK_ANNOTATION_ID = 1_000_000
 
 
 # ---- the server (a subprocess) -------------------------------------------------------------
@@ -195,6 +205,30 @@ def label_config(methods: str, work_tenths: int) -> str:
     )
 
 
+def webhook_body(template: dict, number: int) -> bytes:
+    """The recorded ANNOTATION_CREATED event with annotation id ``FIRST_WEBHOOK_ANNOTATION_ID +
+    number`` and ``updated_at`` now: a new annotation, one new file in the store."""
+    body = json.loads(json.dumps(template))
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    body["annotation"]["id"] = FIRST_WEBHOOK_ANNOTATION_ID + number
+    body["annotation"]["updated_at"] = stamp
+    body["annotation"]["unique_id"] = f"bench-{number}"
+    return json.dumps(body).encode()
+
+
+def store_files(root: Path) -> dict:
+    """Files and annotation directories under the annotation store (``MODEL_DIR/annotations``)."""
+    if not root.exists():
+        return {"files": 0, "annotation_dirs": 0, "version_files": 0}
+    files = [path for path in root.rglob("*") if path.is_file()]
+    return {
+        "files": len(files),
+        "annotation_dirs": sum(1 for _ in root.glob("project-*/annotation-*")),
+        "version_files": sum(1 for path in files if path.name.startswith("v-") and path.suffix == ".json"),
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
     import requests
 
@@ -251,7 +285,10 @@ def run(args: argparse.Namespace) -> dict:
         lock = threading.Lock()
         predicts: list[tuple[float, float, int, int]] = []  # at, latency, status, failed tasks
         healths: list[tuple[float, float, int]] = []
+        webhooks: list[tuple[float, float, int, str]] = []  # at, latency, status, body status
+        webhook_skipped = [0]
         samples: list[dict] = []
+        template = json.loads(WEBHOOK_FIXTURE.read_text())["body"]
         t0 = time.monotonic()
 
         def client() -> None:
@@ -280,6 +317,51 @@ def run(args: argparse.Namespace) -> dict:
                 healths.append((begun - t0, time.monotonic() - begun, status))
                 stop.wait(max(0.0, 1.0 - (time.monotonic() - begun)))
 
+        def webhook_sender(number: int, in_flight: threading.Semaphore, session: requests.Session) -> None:
+            try:
+                data = webhook_body(template, number)
+                begun = time.monotonic()
+                try:
+                    reply = session.post(
+                        f"{url}/webhook", data=data, headers={"Content-Type": "application/json"}, timeout=30
+                    )
+                    status = reply.status_code
+                    try:
+                        outcome = str(reply.json().get("status"))
+                    except ValueError:
+                        outcome = "not json"
+                except requests.RequestException:
+                    status, outcome = 0, "no answer"
+                with lock:
+                    webhooks.append((begun - t0, time.monotonic() - begun, status, outcome))
+            finally:
+                in_flight.release()
+
+        def webhook_client() -> None:
+            """Fixed rate: event ``n`` is due at ``n / rate`` s; at most WEBHOOKS_IN_FLIGHT at once."""
+            if args.webhooks_per_s <= 0:
+                return
+            in_flight = threading.Semaphore(WEBHOOKS_IN_FLIGHT)
+            sessions = [requests.Session() for _ in range(WEBHOOKS_IN_FLIGHT)]
+            senders: list[threading.Thread] = []
+            number = 0
+            while not stop.is_set():
+                due = t0 + number / args.webhooks_per_s
+                if stop.wait(max(0.0, due - time.monotonic())):
+                    break
+                if in_flight.acquire(blocking=False):
+                    sender = threading.Thread(
+                        target=webhook_sender, args=(number, in_flight, sessions[number % WEBHOOKS_IN_FLIGHT])
+                    )
+                    sender.start()
+                    senders.append(sender)
+                    senders = [thread for thread in senders if thread.is_alive()]
+                else:
+                    webhook_skipped[0] += 1
+                number += 1
+            for sender in senders:
+                sender.join(60)
+
         def sampler() -> None:
             while True:
                 tree = process_tree(server.pid)
@@ -289,6 +371,7 @@ def run(args: argparse.Namespace) -> dict:
 
         threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
         threads += [threading.Thread(target=health_client), threading.Thread(target=sampler)]
+        threads += [threading.Thread(target=webhook_client)]
         for thread in threads:
             thread.start()
         time.sleep(args.duration)
@@ -298,6 +381,8 @@ def run(args: argparse.Namespace) -> dict:
         elapsed = time.monotonic() - t0
         final_tree = process_tree(server.pid)
         samples.append({"t_s": round(elapsed, 1), **{k: rss_mb(v) for k, v in final_tree.items()}})
+        load_average = os.getloadavg()
+        store = store_files(Path(state) / "annotations")
     finally:
         try:
             os.killpg(server.pid, signal.SIGTERM)
@@ -322,9 +407,15 @@ def run(args: argparse.Namespace) -> dict:
     for _, _, status, _ in predicts:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     ok = [latency for _, latency, status, _ in predicts if status == 200]
+    webhook_statuses: dict[str, int] = {}
+    webhook_outcomes: dict[str, int] = {}
+    for _, _, status, outcome in webhooks:
+        webhook_statuses[str(status)] = webhook_statuses.get(str(status), 0) + 1
+        webhook_outcomes[outcome] = webhook_outcomes.get(outcome, 0) + 1
     return {
         "what": "bench/bench_service_load.py: gunicorn (1 worker) + model process on 127.0.0.1",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {load_average[0]:.1f} at the end",
+        "load_average_1_5_15_at_end": [round(value, 2) for value in load_average],
         "python": platform.python_version(),
         "methods": args.methods,
         "work_per_call_s": args.work_tenths / 10 if args.methods == "fake" else None,
@@ -345,6 +436,18 @@ def run(args: argparse.Namespace) -> dict:
             "non_200": sum(1 for *_, status in healths if status != 200),
             "over_1s": sum(1 for _, latency, _ in healths if latency >= 1.0),
         },
+        "webhook": {
+            "target_per_s": args.webhooks_per_s,
+            "requests": len(webhooks),
+            "per_s": round(len(webhooks) / elapsed, 2),
+            "skipped_in_flight_limit": webhook_skipped[0],
+            "status_counts": webhook_statuses,
+            "answers": webhook_outcomes,
+            "latency_200": latency_summary([latency for _, latency, status, _ in webhooks if status == 200]),
+            "latency_all": latency_summary([latency for _, latency, _, _ in webhooks]),
+            "over_1s": sum(1 for _, latency, _, _ in webhooks if latency >= 1.0),
+        },
+        "annotation_store_at_end": store,
         "rss_mb": growth,
         "rss_samples": samples,
     }
@@ -358,6 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", action="store_true", help="run the issue's 10 minutes (600 s)")
     parser.add_argument("--threads", type=int, default=8, help="GUNICORN_THREADS of the server")
     parser.add_argument("--work-tenths", type=int, default=2, help="fake methods: tenths of a second per call (1-50)")
+    parser.add_argument(
+        "--webhooks-per-s", type=float, default=10.0, help="ANNOTATION_CREATED webhooks per second (0-20; 0: none)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "service_load.json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -368,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--concurrency must be in 1..{MAX_CONCURRENCY}")
     if not 1 <= args.work_tenths <= 50:
         parser.error("--work-tenths must be in 1..50")
+    if not 0 <= args.webhooks_per_s <= MAX_WEBHOOKS_PER_S:
+        parser.error(f"--webhooks-per-s must be in 0..{MAX_WEBHOOKS_PER_S:g}")
     if args.long:
         args.duration = LONG_DURATION_S
     elif not 0 < args.duration <= MAX_SHORT_DURATION_S:
@@ -379,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary))
     print("predict:", json.dumps(report["predict"]))
     print("health:", json.dumps(report["health"]))
+    print("webhook:", json.dumps(report["webhook"]))
+    print("annotation store:", json.dumps(report["annotation_store_at_end"]))
     print("rss_mb:", json.dumps(report["rss_mb"]))
     print(f"written to {args.out}")
     return 0
