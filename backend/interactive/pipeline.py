@@ -70,7 +70,8 @@ def check_prompts(
         if len(label_array) != len(point_array):
             raise ValueError(f"{len(point_array)} points but {len(label_array)} labels")
         if not np.isin(label_array, (0, 1)).all():
-            raise ValueError(f"point labels must be 1 (positive) or 0 (negative), got {sorted(set(label_array.tolist()))}")
+            found = sorted(set(label_array.tolist()))
+            raise ValueError(f"point labels must be 1 (positive) or 0 (negative), got {found}")
         label_array = label_array.astype(np.int64)
         if not np.isfinite(point_array).all():
             raise ValueError("points must be finite")

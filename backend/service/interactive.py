@@ -126,7 +126,8 @@ def _box_pixels(box: _Box, image: LoadedImage, width: int, height: int) -> np.nd
     xs = [min(max(x, 0.0), image.original_width) for x, _ in corners]
     ys = [min(max(y, 0.0), image.original_height) for _, y in corners]
     to_model_x, to_model_y = width / image.original_width, height / image.original_height
-    return np.array([min(xs) * to_model_x, min(ys) * to_model_y, max(xs) * to_model_x, max(ys) * to_model_y], np.float32)
+    bounds = [min(xs) * to_model_x, min(ys) * to_model_y, max(xs) * to_model_x, max(ys) * to_model_y]
+    return np.array(bounds, np.float32)
 
 
 def _number(value: Any, where: str, minimum: float | None = None, maximum: float | None = None) -> float:
@@ -166,7 +167,9 @@ def parse_context(context: Any) -> InteractiveContext | None:
     if results is None:
         return None
     if not isinstance(results, list):
-        raise InteractiveContextError(f"context.result must be a list of smart-tool results, got {type(results).__name__}")
+        raise InteractiveContextError(
+            f"context.result must be a list of smart-tool results, got {type(results).__name__}"
+        )
     points: list[_Point] = []
     boxes: list[_Box] = []
     labels: list[str] = []

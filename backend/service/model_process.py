@@ -377,7 +377,9 @@ class _RemotePredictor:
 class _RemoteClicker:
     """An interactive facade whose work runs in the model process."""
 
-    def __init__(self, runtime: ProcessModelRuntime, settings: ZeroGuideSettings, click_settings: ClickSettings) -> None:
+    def __init__(
+        self, runtime: ProcessModelRuntime, settings: ZeroGuideSettings, click_settings: ClickSettings
+    ) -> None:
         self.runtime, self.settings, self.click_settings = runtime, settings, click_settings
 
     def segment(

@@ -3,8 +3,8 @@
 :class:`ModelRuntime` loads the foundation models of ``MODEL_PRESET`` (``backend.models``) off the
 request path, so ``/health`` and ``/setup`` answer in milliseconds while loading takes minutes;
 ``/predict`` waits for it (up to ``MODEL_LOAD_WAIT`` seconds, then 503). It builds the method
-facades (zero-guidance segmenter, FMbSeg predictor, interactive click segmenter) on demand, caches them per settings, and
-serialises inference (the facades keep per-image state).
+facades (zero-guidance segmenter, FMbSeg predictor, interactive click segmenter) on demand,
+caches them per settings, and serialises inference (the facades keep per-image state).
 
 The method packages are imported lazily, inside :class:`MethodLibrary`; tests hand the runtime a
 fake library instead, so the service logic is tested without models.

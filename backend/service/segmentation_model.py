@@ -267,7 +267,9 @@ class SegmentationMLBackend(MLBackendBase):
         while predicting is isolated as for a batch: an empty prediction and a warning.
         """
         if len(tasks) != 1:
-            raise InteractiveContextError(f"an interactive request (a context with clicks) takes one task, got {len(tasks)}")
+            raise InteractiveContextError(
+                f"an interactive request (a context with clicks) takes one task, got {len(tasks)}"
+            )
         task = tasks[0]
         version = self.model_version
         started = time.monotonic()

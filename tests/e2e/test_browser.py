@@ -170,7 +170,8 @@ def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(
         data = answer.value.json()
         assert "data" in data, data
         regions = [item for item in data["data"]["result"] if item["type"] == "brushlabels"]
-        texts = [text for item in data["data"]["result"] if item["type"] == "textarea" for text in item["value"]["text"]]
+        result = data["data"]["result"]
+        texts = [text for item in result if item["type"] == "textarea" for text in item["value"]["text"]]
         assert len(regions) == 1 and texts, data
         label = regions[0]["value"]["brushlabels"][0]
 
