@@ -235,11 +235,13 @@ class ClickSegmenter:
         name = ("sam", precision)
         state: SamImageState | None = self.cache.get(key, digest, name)
         if state is None:
-            autocast = (
-                torch.autocast(predictor.device.type, dtype=torch.bfloat16)
-                if precision == "bfloat16"
-                else nullcontext()
-            )
+            encoder_dtype = next(predictor.model.image_encoder.parameters()).dtype
+            if precision == "bfloat16":
+                autocast = torch.autocast(predictor.device.type, dtype=torch.bfloat16)
+            elif encoder_dtype != torch.float32:  # a SAM already in lower precision: float input through autocast
+                autocast = torch.autocast(predictor.device.type, dtype=encoder_dtype)
+            else:
+                autocast = nullcontext()
             with autocast:
                 predictor.set_image(image)
             decoder_dtype = next(predictor.model.mask_decoder.parameters()).dtype
