@@ -123,7 +123,7 @@ def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled,
         page.close()
 
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "interactive-click.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "label-studio-interactive.png"
 
 
 def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(
