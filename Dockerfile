@@ -5,7 +5,12 @@
 #   docker build -t zeroguide-backend .                       # CPU base image (default)
 #   docker build --build-arg BASE_IMAGE=<image with python3.11 or apt python3.11> -t ... .
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu -t ... .
+#   make docker-test                                          # build, run and check it (scripts/docker-test.sh)
 #
+# Without an image registry, make a Debian base here first (scripts/docker-local-base.sh) and
+# build with `--network host --build-arg BASE_IMAGE=zeroguide-base:bookworm`.
+#
+# Only requirements.txt (the service) is installed; the test tools are in requirements-dev.txt.
 # requirements.txt pins PyPI's torch, which bundles the CUDA runtime: the default image uses
 # a GPU when run with `--gpus all` (NVIDIA container toolkit) and the CPU otherwise, so a CUDA
 # base image is optional. TORCH_INDEX_URL installs torch/torchvision from another index first
@@ -13,7 +18,8 @@
 #
 # No weights are baked in and nothing is downloaded at build time: mount them at /weights
 # (see docs/label-studio.md). MODEL_DIR (/data/model_dir) is a volume: stored annotations,
-# checkpoints, caches.
+# checkpoints, caches; it must be writable by uid 10001, else /health answers 503
+# (docs/label-studio.md: a bind mount needs `chown 10001:10001 DIR`).
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
@@ -22,12 +28,13 @@ FROM ${BASE_IMAGE} AS build
 ARG DEBIAN_FRONTEND=noninteractive
 ARG TORCH_INDEX_URL=""
 # pydensecrf2 has no wheel on PyPI: it is compiled, so this stage has a C++ compiler.
+# ca-certificates: pip trusts the system's CAs (and, on a local base, the machine's own CAs).
 RUN set -eux; \
     apt-get update; \
     if ! command -v python3.11 >/dev/null 2>&1; then \
         apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev; \
     fi; \
-    apt-get install -y --no-install-recommends build-essential; \
+    apt-get install -y --no-install-recommends build-essential ca-certificates; \
     rm -rf /var/lib/apt/lists/*
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
@@ -40,19 +47,19 @@ RUN set -eux; \
         pip install --index-url "$TORCH_INDEX_URL" \
             "$(grep -E '^torch==' /tmp/requirements.txt)" "$(grep -E '^torchvision==' /tmp/requirements.txt)"; \
     fi; \
-    pip install -r /tmp/requirements.txt
+    pip install -r /tmp/requirements.txt; \
+    pip check
 
 # -------------------------------------------------------------------------- runtime stage
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
-# libgl1 + libglib2.0-0: opencv-python (a label-studio-sdk dependency) loads them.
+# No GUI libraries: OpenCV is opencv-python-headless, which needs neither libGL nor GLib.
 RUN set -eux; \
-    apt-get update; \
     if ! command -v python3.11 >/dev/null 2>&1; then \
+        apt-get update; \
         apt-get install -y --no-install-recommends python3.11; \
+        rm -rf /var/lib/apt/lists/*; \
     fi; \
-    apt-get install -y --no-install-recommends libgl1 libglib2.0-0; \
-    rm -rf /var/lib/apt/lists/*; \
     useradd --create-home --uid 10001 --shell /usr/sbin/nologin app; \
     mkdir -p /data/model_dir /weights; \
     chown app:app /data/model_dir

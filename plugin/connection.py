@@ -55,8 +55,7 @@ class ConnectionSettings:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise PluginError(
-                f"{URL_VARIABLE}={self.url!r} is not an http(s) URL; "
-                "expected something like http://localhost:8080"
+                f"{URL_VARIABLE}={self.url!r} is not an http(s) URL; " "expected something like http://localhost:8080"
             )
         if self.url.endswith("/"):
             raise PluginError(f"{URL_VARIABLE}={self.url!r}: drop the trailing slash")
@@ -71,13 +70,14 @@ class ConnectionSettings:
         environ = os.environ if environ is None else environ
         url = environ.get(URL_VARIABLE, "").strip()
         key = environ.get(KEY_VARIABLE, "").strip()
+        meaning = {
+            URL_VARIABLE: f"{URL_VARIABLE} is Label Studio's address, e.g. http://localhost:8080",
+            KEY_VARIABLE: f"{KEY_VARIABLE} is a key from Label Studio's Account & Settings page "
+            "(a personal access token, or a legacy token)",
+        }
         missing = [name for name, value in ((URL_VARIABLE, url), (KEY_VARIABLE, key)) if not value]
         if missing:
-            raise PluginError(
-                f"set {' and '.join(missing)}: the Label Studio URL (e.g. http://localhost:8080) and "
-                "an access token from Label Studio's Account & Settings page "
-                "(a personal access token or a legacy token)"
-            )
+            raise PluginError(f"set {' and '.join(missing)}: " + "; ".join(meaning[name] for name in missing))
         return cls(url=url.rstrip("/"), api_key=key)
 
 
@@ -158,9 +158,7 @@ class LabelStudioConnection:
         self.settings = settings
         if client is None:
             try:
-                client = LabelStudio(
-                    base_url=settings.url, api_key=settings.api_key, timeout=settings.timeout_s
-                )
+                client = LabelStudio(base_url=settings.url, api_key=settings.api_key, timeout=settings.timeout_s)
             except ApiError as error:  # the SDK checks a JWT's expiry up front
                 raise PluginError(f"{error_text(error.body)} {unauthorized_hint(settings.api_key)}") from error
         self.client = client
@@ -202,9 +200,7 @@ class LabelStudioConnection:
         try:
             return function(*args, **kwargs)
         except httpx.HTTPError as error:
-            raise PluginError(
-                f"lost the connection to Label Studio at {self.settings.url}: {error}"
-            ) from error
+            raise PluginError(f"lost the connection to Label Studio at {self.settings.url}: {error}") from error
         except ApiError as error:
             raise self.explain(error) from error
 

@@ -76,13 +76,9 @@ def image_files(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         raise PluginError(f"--images {directory}: not a directory")
-    files = sorted(
-        path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = sorted(path for path in directory.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise PluginError(
-            f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
+        raise PluginError(f"--images {directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
 
 

@@ -13,6 +13,8 @@ Label Studio details these functions rely on (measured with 1.23.2):
 
 from __future__ import annotations
 
+import base64
+
 from dataclasses import dataclass
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -91,9 +93,7 @@ def find_or_create_project(
         project = connection.call(connection.client.projects.get, same_title[0].id)
         return ProjectHandle(id=project.id, created=False, label_config=project.label_config or "")
     try:
-        project = connection.client.projects.create(
-            title=title, label_config=label_config, description=description
-        )
+        project = connection.client.projects.create(title=title, label_config=label_config, description=description)
     except ApiError as error:
         if error.status_code == 400:
             raise PluginError(f"Label Studio refused the project: {error_text(error.body)}") from error
@@ -138,7 +138,27 @@ def connect_backend(connection: LabelStudioConnection, project_id: int, backend:
                 "docker compose), the backend must answer GET /health, and basic auth must match."
             ) from error
         raise connection.explain(error) from error
+    if backend.basic_auth_user is not None:
+        authenticate_backend_webhook(connection, project_id, backend)
     return created, True
+
+
+def authenticate_backend_webhook(connection: LabelStudioConnection, project_id: int, backend: BackendSettings) -> int:
+    """Give the webhook Label Studio made for the backend (``<url>/webhook``) the basic-auth header.
+
+    Label Studio 1.23 sends ``/predict`` with the ML backend's basic auth but the webhook it
+    creates for the same backend without it: behind basic auth every human correction would be
+    refused (401). Returns how many webhooks were updated.
+    """
+    token = base64.b64encode(f"{backend.basic_auth_user}:{backend.basic_auth_password}".encode()).decode()
+    target = backend.url.rstrip("/") + "/webhook"
+    updated = 0
+    for webhook in connection.call(connection.client.webhooks.list, project=str(project_id)):
+        if _same_url(webhook.url or "", target):
+            headers = {**dict(webhook.headers or {}), "Authorization": f"Basic {token}"}
+            connection.call(connection.client.webhooks.update, webhook.id, headers=headers)
+            updated += 1
+    return updated
 
 
 def request_predictions(

@@ -50,9 +50,7 @@ class LabelingSchema:
             raise PluginError(f"cannot parse the label config: {error}") from error
         images = [tag for tag in interface.objects if tag.tag == "Image"]
         if len(images) != 1:
-            raise PluginError(
-                f"the label config must have exactly one <Image> tag, found {len(images)}"
-            )
+            raise PluginError(f"the label config must have exactly one <Image> tag, found {len(images)}")
         image = images[0]
         if not image.value.startswith("$"):
             raise PluginError(f'<Image name="{image.name}"> must take its value from the task, e.g. value="$image"')

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the headless browser used by the browser tests (tests/e2e, marker `browser`):
 # Debian's chromium package, at /usr/bin/chromium. Python's `playwright` package
-# (in requirements.txt) drives it through `executable_path`; we never run
+# (in requirements-dev.txt) drives it through `executable_path`; we never run
 # `playwright install` (it downloads its own browser build, which is not reachable here).
 #
 # Idempotent: does nothing when /usr/bin/chromium already runs. Needs root (or sudo)

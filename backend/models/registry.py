@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from .presets import PRESETS, ClipSpec, Preset, SamSpec, TimmSpec, get_preset, list_presets
-from .weights import MissingWeightsError, local_weights_path
+from .weights import (
+    SAM_CHECKPOINTS,
+    MissingWeightsError,
+    fetch_checkpoint,
+    go_offline_unless_hub_answers,
+    local_weights_path,
+    weights_dir,
+)
 
 __all__ = [
     "ClipSpec",
@@ -76,6 +83,8 @@ def _build_clip(spec: ClipSpec, device: torch.device, random_weights: bool = Fal
     if spec.pretrained is not None and not random_weights:
         path = local_weights_path(spec.env_var, description, f"open_clip weights for {spec.arch}")
         pretrained = str(path) if path else spec.pretrained
+        if path is None:
+            go_offline_unless_hub_answers()
     try:
         model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device)
     except Exception as error:  # a hub that cannot be reached, a corrupt file, ...
@@ -96,6 +105,8 @@ def _build_timm(spec: TimmSpec, device: torch.device, random_weights: bool, **ex
         path = local_weights_path(spec.env_var, f"timm {spec.name}", "a timm checkpoint file")
         if path is not None:
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        else:
+            go_offline_unless_hub_answers()
     try:
         model = timm.create_model(spec.name, pretrained=pretrained, **kwargs)
     except Exception as error:
@@ -117,9 +128,12 @@ def _build_sam(spec: SamSpec, device: torch.device, random_weights: bool = False
 
     description = f"SAM {spec.kind}"
     path = local_weights_path(spec.env_var, description, spec.checkpoint or "a SAM checkpoint")
-    if path is None and os.environ.get("WEIGHTS_DIR"):
-        candidate = Path(os.environ["WEIGHTS_DIR"]).expanduser() / str(spec.checkpoint)
-        path = candidate if candidate.exists() else None
+    checkpoint_file = weights_dir() / str(spec.checkpoint)
+    if path is None and checkpoint_file.is_file():
+        path = checkpoint_file
+    if path is None and spec.checkpoint in SAM_CHECKPOINTS and go_offline_unless_hub_answers():
+        # segment-anything has no download of its own: the official file, its SHA-256 checked
+        path = fetch_checkpoint(spec.checkpoint, weights_dir(), SAM_CHECKPOINTS[spec.checkpoint], spec.env_var)
     if path is None:
         raise MissingWeightsError(description, f"the checkpoint file {spec.checkpoint}", spec.env_var)
     model = sam_model_registry[spec.kind](checkpoint=None)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .ssrf import parse_allowed_hosts
+
 FAILED_TASK_REPLIES = ("empty", "none")
 
 
@@ -92,9 +94,9 @@ class ServiceConfig:
     """Everything the service reads from the environment (see docs/service.md)."""
 
     # --- server -------------------------------------------------------------------------
-    host: str = "0.0.0.0"  # HOST
+    host: str = "127.0.0.1"  # HOST: this machine only; the Docker image sets 0.0.0.0
     port: int = 9090  # PORT
-    threads: int = 8  # GUNICORN_THREADS: request threads of the single gunicorn worker
+    threads: int = 32  # GUNICORN_THREADS: request threads of the single gunicorn worker (/health needs a free one)
     worker_timeout_s: int = 600  # GUNICORN_TIMEOUT
     log_level: str = "INFO"  # LOG_LEVEL
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -127,9 +129,39 @@ class ServiceConfig:
     local_files_root: Path | None = None  # LOCAL_FILES_DOCUMENT_ROOT
     image_max_bytes: int = 50 * 1024 * 1024  # IMAGE_MAX_BYTES
     image_timeout_s: float = 30.0  # IMAGE_DOWNLOAD_TIMEOUT: whole download
-    image_max_pixels: int = 100_000_000  # IMAGE_MAX_PIXELS: larger images are refused
+    image_max_pixels: int = 40_000_000  # IMAGE_MAX_PIXELS: larger images are refused
     model_max_pixels: int = 1024 * 1024  # MODEL_MAX_PIXELS: larger images are downscaled
     failed_task_reply: str = "empty"  # FAILED_TASK_REPLY: empty | none
+
+    # --- image fetching safety (docs/reliability.md) ----------------------------------------
+    image_allowed_hosts: tuple[str, ...] = ()  # IMAGE_ALLOWED_HOSTS: host or host:port, exempt from SSRF checks
+    ssrf_protection_enabled: bool = True  # SSRF_PROTECTION_ENABLED (Label Studio's name); false: closed networks
+    image_decode_concurrency: int = 2  # IMAGE_DECODE_CONCURRENCY: images decoded at once
+
+    # --- request limits (checked before a body is parsed; see docs/reliability.md) ----------
+    max_request_bytes: int = 20 * 1024 * 1024  # MAX_REQUEST_BYTES: larger bodies get 413
+    max_tasks_per_request: int = 100  # MAX_TASKS_PER_REQUEST: more tasks in one /predict get 400
+    max_json_depth: int = 64  # MAX_JSON_DEPTH: deeper nesting of arrays/objects gets 400
+    max_json_containers: int = 1_000_000  # MAX_JSON_CONTAINERS: more arrays+objects in one body get 400
+
+    # --- the model process (backend.service.model_process; docs/reliability.md) ------------
+    predict_timeout_s: float | None = None  # PREDICT_TIMEOUT: per model call; None: by preset; 0: none
+    training_timeout_s: float = 21600.0  # TRAINING_TIMEOUT: per training run; 0: none
+    model_max_in_flight: int = 2  # MODEL_MAX_IN_FLIGHT: model calls sent to the model process at once
+    model_queue_wait_s: float = 30.0  # MODEL_QUEUE_WAIT: wait for a call slot, then 503 + Retry-After
+    restart_budget: int = 5  # MODEL_RESTART_BUDGET: restarts in a row before waiting for a refill
+    restart_refill_s: float = 600.0  # MODEL_RESTART_REFILL: seconds per restart token regained
+    restart_backoff_s: float = 1.0  # MODEL_RESTART_BACKOFF: first delay before a restart, doubling
+    restart_backoff_max_s: float = 60.0  # MODEL_RESTART_BACKOFF_MAX: longest delay before a restart
+
+    # --- corrections (backend.service.reconcile) ----------------------------------------------
+    reconcile_interval_s: float = 0.0  # RECONCILE_INTERVAL: seconds between reconciliations with Label Studio; 0: off
+
+    # --- pre-labelling jobs (POST /prelabel; docs/prelabel.md) --------------------------------
+    prelabel_ray_address: str | None = (
+        None  # PRELABEL_RAY_ADDRESS: Ray cluster for the jobs; None: this backend's models
+    )
+    prelabel_workers: int = 2  # PRELABEL_WORKERS: Ray workers of a job (with PRELABEL_RAY_ADDRESS)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -152,6 +184,17 @@ class ServiceConfig:
             if not self.label_studio_url.startswith(("http://", "https://")):
                 raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
             object.__setattr__(self, "label_studio_url", self.label_studio_url.rstrip("/"))
+        if self.label_studio_api_key is not None and self.label_studio_url is None:
+            raise ValueError(
+                "LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: set LABEL_STUDIO_URL to Label Studio's "
+                "address (the key is only ever sent there, never to a hostname from /setup or a task)"
+            )
+        if isinstance(self.image_allowed_hosts, str):
+            object.__setattr__(self, "image_allowed_hosts", tuple(self.image_allowed_hosts.split(",")))
+        object.__setattr__(self, "image_allowed_hosts", tuple(h.strip() for h in self.image_allowed_hosts if h.strip()))
+        parse_allowed_hosts(self.image_allowed_hosts)  # ValueError naming IMAGE_ALLOWED_HOSTS
+        if self.image_decode_concurrency < 1:
+            raise ValueError(f"IMAGE_DECODE_CONCURRENCY must be >= 1, got {self.image_decode_concurrency}")
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -175,9 +218,9 @@ class ServiceConfig:
         checkpoint = _text(env, "FMBSEG_CHECKPOINT")
         local_root = _text(env, "LOCAL_FILES_DOCUMENT_ROOT")
         return cls(
-            host=_text(env, "HOST", "0.0.0.0"),
+            host=_text(env, "HOST", "127.0.0.1"),
             port=_int(env, "PORT", 9090, minimum=1),
-            threads=_int(env, "GUNICORN_THREADS", 8, minimum=1),
+            threads=_int(env, "GUNICORN_THREADS", 32, minimum=1),
             worker_timeout_s=_int(env, "GUNICORN_TIMEOUT", 600, minimum=0),
             log_level=_text(env, "LOG_LEVEL", "INFO").upper(),
             basic_auth_user=_text(env, "BASIC_AUTH_USER"),
@@ -204,9 +247,27 @@ class ServiceConfig:
             local_files_root=Path(local_root) if local_root else None,
             image_max_bytes=_int(env, "IMAGE_MAX_BYTES", 50 * 1024 * 1024, minimum=1),
             image_timeout_s=_float(env, "IMAGE_DOWNLOAD_TIMEOUT", 30.0),
-            image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 100_000_000, minimum=1),
+            image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 40_000_000, minimum=1),
             model_max_pixels=_int(env, "MODEL_MAX_PIXELS", 1024 * 1024, minimum=1),
             failed_task_reply=_text(env, "FAILED_TASK_REPLY", "empty").lower(),
+            image_allowed_hosts=tuple((_text(env, "IMAGE_ALLOWED_HOSTS") or "").split(",")),
+            ssrf_protection_enabled=_bool(env, "SSRF_PROTECTION_ENABLED", True),
+            image_decode_concurrency=_int(env, "IMAGE_DECODE_CONCURRENCY", 2, minimum=1),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 100, minimum=1),
+            max_json_depth=_int(env, "MAX_JSON_DEPTH", 64, minimum=2),
+            max_json_containers=_int(env, "MAX_JSON_CONTAINERS", 1_000_000, minimum=1),
+            predict_timeout_s=None if _text(env, "PREDICT_TIMEOUT") is None else _float(env, "PREDICT_TIMEOUT", 0.0),
+            training_timeout_s=_float(env, "TRAINING_TIMEOUT", 21600.0),
+            model_max_in_flight=_int(env, "MODEL_MAX_IN_FLIGHT", 2, minimum=1),
+            model_queue_wait_s=_float(env, "MODEL_QUEUE_WAIT", 30.0),
+            restart_budget=_int(env, "MODEL_RESTART_BUDGET", 5, minimum=1),
+            restart_refill_s=_float(env, "MODEL_RESTART_REFILL", 600.0, minimum=1.0),
+            restart_backoff_s=_float(env, "MODEL_RESTART_BACKOFF", 1.0),
+            restart_backoff_max_s=_float(env, "MODEL_RESTART_BACKOFF_MAX", 60.0),
+            reconcile_interval_s=_float(env, "RECONCILE_INTERVAL", 0.0),
+            prelabel_ray_address=_text(env, "PRELABEL_RAY_ADDRESS"),
+            prelabel_workers=_int(env, "PRELABEL_WORKERS", 2, minimum=1),
         )
 
     def replace(self, **changes: Any) -> "ServiceConfig":

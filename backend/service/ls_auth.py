@@ -11,6 +11,10 @@ Label Studio 1.23 knows two kinds of API key:
 :class:`LabelStudioAuth` tells them apart by inspection (a JWT is three base64url parts whose
 middle part is a JSON object; a PAT has ``"token_type": "refresh"``), caches the access token,
 refreshes it before it expires and again whenever Label Studio answers 401.
+
+The key stays home: headers are only given out for URLs on ``base_url``'s origin
+(:meth:`LabelStudioAuth.headers_for`), and the token exchange never follows a redirect (a 307
+would carry the PAT in its body to wherever it points).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import time
 from typing import Any, Callable
 
 import requests
+
+from .ssrf import origin_of
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +84,9 @@ class LabelStudioAuth:
         if not api_key:
             raise ValueError("api_key is empty: set LABEL_STUDIO_API_KEY")
         self.base_url = base_url.rstrip("/")
+        self.origin = origin_of(self.base_url)
+        if self.origin is None:
+            raise ValueError(f"LABEL_STUDIO_URL must be an http(s) URL, got {base_url!r}")
         self.kind = classify_api_key(api_key)
         self._api_key = api_key
         self._session = session or requests.Session()
@@ -97,6 +106,17 @@ class LabelStudioAuth:
         if isinstance(exp, (int, float)):
             return float(exp)
         return self._clock() + DEFAULT_ACCESS_LIFETIME_S
+
+    def is_home(self, url: str) -> bool:
+        """Whether ``url`` is on Label Studio's origin (scheme, host and port), the only place the key goes."""
+        return origin_of(url) == self.origin
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        """:meth:`headers` for a URL on Label Studio's origin; ``{}`` (and no token exchange) elsewhere."""
+        if not self.is_home(url):
+            logger.warning("not sending Label Studio credentials to another origin")
+            return {}
+        return self.headers()
 
     def headers(self) -> dict[str, str]:
         """The ``Authorization`` header to send now (exchanging the PAT if needed)."""
@@ -123,11 +143,18 @@ class LabelStudioAuth:
             )
         url = self.base_url + TOKEN_REFRESH_PATH
         try:
-            response = self._session.post(url, json={"refresh": self._api_key}, timeout=self._timeout_s)
+            response = self._session.post(
+                url, json={"refresh": self._api_key}, timeout=self._timeout_s, allow_redirects=False
+            )
         except requests.RequestException as error:
             raise LabelStudioAuthError(
                 f"could not reach {url} to exchange the personal access token: {error}"
             ) from None
+        if response.is_redirect:
+            raise LabelStudioAuthError(
+                f"token refresh at {url} was redirected (HTTP {response.status_code}); the key is not sent "
+                "after a redirect: set LABEL_STUDIO_URL to Label Studio's final address"
+            )
         if response.status_code in (401, 403):
             raise LabelStudioAuthError(
                 f"Label Studio rejected the personal access token at {url} (HTTP {response.status_code}): "

@@ -97,3 +97,30 @@ def polygon_to_mask(polygon: list[list[float]], height: int, width: int) -> np.n
     canvas = np.zeros((height, width), np.uint8)
     cv2.fillPoly(canvas, [np.round(points).astype(np.int32)], 1)
     return canvas.astype(bool)
+
+
+def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> list[dict[str, float]]:
+    """Bounding boxes of ``mask``'s connected components (8-connected), largest component first.
+
+    Each box is a Label Studio rectangle value without its labels: ``x``, ``y``, ``width``,
+    ``height`` in percent of the mask's width and height (pixel edges: a box covering pixel
+    columns 2..5 of 10 is x=20, width=40), ``rotation`` 0. Components under ``min_area`` pixels
+    are dropped.
+    """
+    mask = _as_bool_mask(mask)
+    height, width = mask.shape
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = []
+    for left, top, box_width, box_height, area in stats[1:count].tolist():  # row 0: the background
+        if area < max(min_area, 1):
+            continue
+        box = {
+            "x": left / width * 100.0,
+            "y": top / height * 100.0,
+            "width": box_width / width * 100.0,
+            "height": box_height / height * 100.0,
+            "rotation": 0,
+        }
+        boxes.append((area, box))
+    boxes.sort(key=lambda item: -item[0])
+    return [box for _, box in boxes]

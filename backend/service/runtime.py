@@ -3,8 +3,10 @@
 :class:`ModelRuntime` loads the foundation models of ``MODEL_PRESET`` (``backend.models``) off the
 request path, so ``/health`` and ``/setup`` answer in milliseconds while loading takes minutes;
 ``/predict`` waits for it (up to ``MODEL_LOAD_WAIT`` seconds, then 503). It builds the method
-facades (zero-guidance segmenter, FMbSeg predictor, interactive click segmenter) on demand,
-caches them per settings, and serialises inference (the facades keep per-image state).
+facades (zero-guidance segmenter, FMbSeg predictor, interactive click segmenter) on demand, caches
+them per settings, and serialises inference (the facades keep per-image state): one call at a time,
+the others wait at most ``MODEL_QUEUE_WAIT`` seconds (:class:`CallGate`), then :class:`ModelsBusy`
+(503 with ``Retry-After``).
 
 The method packages are imported lazily, inside :class:`MethodLibrary`; tests hand the runtime a
 fake library instead, so the service logic is tested without models.
@@ -16,10 +18,12 @@ import gc
 import hashlib
 import logging
 import os
+import math
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Protocol, Sequence
 
 import numpy as np
 
@@ -42,7 +46,81 @@ FMBSEG_CHECKPOINT_SUBDIR = Path("checkpoints") / "fmbseg"
 
 
 class ModelsNotReady(RuntimeError):
-    """The models are still loading, or failed to load (the message says which)."""
+    """The models are still loading, failed to load, or cannot take a call now (the message says
+    which); the whole request answers 503, with ``Retry-After`` when ``retry_after_s`` is known."""
+
+    def __init__(self, message: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ModelsBusy(ModelsNotReady):
+    """Too many model calls in flight: this one waited ``MODEL_QUEUE_WAIT`` seconds for a slot."""
+
+
+class CallGate:
+    """At most ``slots`` model calls at once; a caller waits at most ``wait_s`` for a slot, then
+    :class:`ModelsBusy`. Usable as a context manager (``with gate:``), like a lock.
+
+    ``Retry-After`` is estimated from the recent call durations: the time the calls in flight
+    need to finish (at least 1 s).
+    """
+
+    def __init__(self, slots: int, wait_s: float) -> None:
+        if slots < 1:
+            raise ValueError(f"MODEL_MAX_IN_FLIGHT must be >= 1, got {slots}")
+        self.slots = slots
+        self.wait_s = wait_s
+        self._semaphore = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self._holders: dict[int, float] = {}  # thread id -> monotonic time the slot was taken
+        self.in_use = 0
+        self.refused = 0
+        self.average_call_s: float | None = None  # exponential moving average of slot holding times
+
+    def acquire(self) -> None:
+        if not self._semaphore.acquire(timeout=self.wait_s):
+            with self._lock:
+                self.refused += 1
+            raise ModelsBusy(
+                f"the models are busy: {self.slots} calls in flight (MODEL_MAX_IN_FLIGHT) and this one "
+                f"waited {self.wait_s:g} s (MODEL_QUEUE_WAIT); retry later",
+                retry_after_s=self.retry_after_s(),
+            )
+        with self._lock:
+            self.in_use += 1
+            self._holders[threading.get_ident()] = time.monotonic()
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+            started = self._holders.pop(threading.get_ident(), None)
+            if started is not None:
+                held = time.monotonic() - started
+                average = self.average_call_s
+                self.average_call_s = held if average is None else 0.8 * average + 0.2 * held
+        self._semaphore.release()
+
+    def retry_after_s(self) -> float:
+        average = self.average_call_s if self.average_call_s is not None else 1.0
+        return float(min(300, max(1, math.ceil(average * self.slots))))
+
+    def __enter__(self) -> "CallGate":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+@dataclass(frozen=True)
+class RuntimeHealth:
+    """What ``/health`` reports about the models' owner: ``ok`` False -> 503 (Label Studio then
+    shows the backend as disconnected and asks for no predictions)."""
+
+    ok: bool
+    retry_after_s: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class MethodLibrary(Protocol):
@@ -102,11 +180,13 @@ class Runtime(Protocol):
 
     config: ServiceConfig
     checkpoints: CheckpointLocator
-    inference_lock: threading.Lock
+    inference_lock: ContextManager[Any]  # held around one inference call (may raise ModelsBusy)
     load_seconds: float | None
 
     @property
     def status(self) -> str: ...
+
+    def health(self) -> RuntimeHealth: ...
 
     def start_loading(self) -> None: ...
 
@@ -276,8 +356,9 @@ class ModelRuntime:
         self._facades: dict[tuple, Any] = {}
         self.checkpoints = CheckpointLocator(config)
         self.load_seconds: float | None = None
-        # The facades keep per-image state (e.g. SAM's image embedding): one inference at a time.
-        self.inference_lock = threading.Lock()
+        # The facades keep per-image state (e.g. SAM's image embedding): one inference at a time;
+        # the others wait at most MODEL_QUEUE_WAIT seconds (then 503 with Retry-After).
+        self.inference_lock = CallGate(1, config.model_queue_wait_s)
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -285,6 +366,10 @@ class ModelRuntime:
     def status(self) -> str:
         """``"idle"`` (not started), ``"loading"``, ``"ready"`` or ``"error: <message>"``."""
         return self._status
+
+    def health(self) -> RuntimeHealth:
+        """Not ok once loading failed (not retried: fix the cause, restart the service)."""
+        return RuntimeHealth(ok=not self._status.startswith("error"))
 
     def start_loading(self) -> None:
         """Start loading in a daemon thread (idempotent)."""

@@ -2,7 +2,8 @@
 
 One worker (the models are loaded once, in that worker, by a background thread) with
 ``GUNICORN_THREADS`` request threads (``gthread``), so ``/health`` and ``/setup`` answer while a
-long ``/predict`` runs. ``HOST``/``PORT`` choose the address (default ``0.0.0.0:9090``).
+long ``/predict`` runs. ``HOST``/``PORT`` choose the address (default ``127.0.0.1:9090``: this machine only; the Docker
+image sets ``HOST=0.0.0.0``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         print(
             "usage: python -m backend\n\nStarts the Label Studio ML backend (gunicorn, 1 worker).\n"
-            "Configured by environment variables: PORT (9090), HOST (0.0.0.0), MODEL_PRESET (cpu),\n"
+            "Configured by environment variables: PORT (9090), HOST (127.0.0.1), MODEL_PRESET (cpu),\n"
             "MODEL_DIR, DEVICE, LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, ... (see docs/service.md)."
         )
         return 0

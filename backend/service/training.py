@@ -11,6 +11,7 @@ Studio re-predicts with the new model. Status and history are reported by ``GET 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .annotation_store import AnnotationStore
 from .hooks import TrainingHook, TrainingRequest, import_hook
 from .images import ImageSource
+from .reconcile import ReconcileSummary
 from .regions import Region, regions_from_results
 from .runtime import Runtime
 from .vocabulary import ClassMaskTag
@@ -53,6 +55,9 @@ class TrainingCoordinator:
         self.runtime = runtime
         # Set by the app: project id -> where that project's images come from (for the hook).
         self.image_source_for: Callable[[int | None], ImageSource | None] = lambda project_id: None
+        # Set by the app when the operator configured Label Studio: bring the store in line with
+        # Label Studio's annotations before training (corrections whose webhook was missed).
+        self.reconcile: Callable[[int], ReconcileSummary] | None = None
         self._hook = hook
         self._hook_path = hook_path
         self._lock = threading.Lock()
@@ -66,6 +71,7 @@ class TrainingCoordinator:
             "last_duration_s": None,
             "last_error": None,
             "last_result": None,
+            "last_reconcile": None,
         }
 
     def register(self, hook: TrainingHook) -> None:
@@ -111,6 +117,7 @@ class TrainingCoordinator:
             project = int(project_id) if project_id is not None else None
         except (TypeError, ValueError):
             project = None
+        self._reconcile_before_training(project)
         request = TrainingRequest(
             project_id=project,
             label_config=label_config,
@@ -143,6 +150,20 @@ class TrainingCoordinator:
             )
             logger.info("training finished in %.1f s", self._status["last_duration_s"])
             return dict(self._status)
+
+    def _reconcile_before_training(self, project: int | None) -> None:
+        """Store the corrections Label Studio has and the store lacks; a failure is reported, not fatal."""
+        if self.reconcile is None or project is None:
+            return
+        try:
+            summary = self.reconcile(project)
+        except Exception as error:  # Label Studio unreachable: train on what is stored
+            logger.warning("reconciling project %s with Label Studio failed: %s", project, error)
+            with self._lock:
+                self._status["last_reconcile"] = {"project": project, "error": f"{type(error).__name__}: {error}"}
+            return
+        with self._lock:
+            self._status["last_reconcile"] = dataclasses.asdict(summary)
 
     def _finish_failed(self, message: str, started: float) -> dict[str, Any]:
         with self._lock:

@@ -7,14 +7,20 @@
   tombstone per annotation id.
 * ``START_TRAINING``: queued; the background worker calls ``fit``, which runs the training hook.
 * Anything else (``TASKS_CREATED``, ``PROJECT_UPDATED``, ...): ``200 {"status": "ignored"}``.
+
+Every item of a bulk event is checked and serialised before any is written: one bad item is a 400
+and nothing is stored. A write that fails (disk full, I/O error) is a 503
+(:class:`StorageUnavailable`) and leaves no partial file; items of the same event written before
+it stay, and come back as ``"duplicate"`` when the event is sent again.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any, Callable
 
-from .annotation_store import AnnotationStore
+from .annotation_store import AnnotationStore, PendingSave, SaveOutcome
 from .jobs import BackgroundQueue
 from .metrics import ServiceMetrics
 from .ml_base import MLBackendBase
@@ -29,6 +35,27 @@ TRAINING_EVENT = "START_TRAINING"
 
 class PayloadError(ValueError):
     """A request body that does not have the expected shape (answered with 400)."""
+
+
+class StorageUnavailable(RuntimeError):
+    """The annotation store could not write (answered with 503; nothing was acknowledged)."""
+
+
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EIO: "I/O error",
+    errno.EROFS: "read-only file system",
+}
+
+
+def _storage_unavailable(action: str, error: OSError) -> StorageUnavailable:
+    what = _STORAGE_ERRORS.get(error.errno, error.strerror or type(error).__name__)
+    code = errno.errorcode.get(error.errno, str(error.errno)) if error.errno is not None else "?"
+    return StorageUnavailable(
+        f"{action}: the annotation store cannot write ({what}, {code}); the event was not acknowledged: "
+        "send it again once the disk under MODEL_DIR is fixed (what was already written then reads as duplicate)"
+    )
 
 
 def _project_of(data: dict) -> tuple[int | None, str | None]:
@@ -90,16 +117,21 @@ class WebhookProcessor:
         else:
             raise PayloadError(f"{action} needs an 'annotation' object")
         project_id, label_config = _project_of(data)
-        outcomes = []
-        for annotation, task in pairs:
+        pending = []
+        for annotation, task in pairs:  # check every item before storing any
             if not isinstance(annotation, dict) or "id" not in annotation:
                 raise PayloadError(f"{action}: every annotation needs an 'id'")
             try:
-                outcome = self.store.save(
-                    annotation, event=action, project_id=project_id, task=task, label_config=label_config
+                pending.append(
+                    self.store.prepare(
+                        annotation, event=action, project_id=project_id, task=task, label_config=label_config
+                    )
                 )
             except ValueError as error:
                 raise PayloadError(f"{action}: {error}") from None
+        outcomes = []
+        for item in pending:
+            outcome = self._commit(action, item)
             self.metrics.increment("webhooks", "stored" if outcome.stored else "duplicates")
             outcomes.append({"annotation": outcome.annotation_id, "status": outcome.status})
             logger.info("%s: annotation %s %s", action, outcome.annotation_id, outcome.status)
@@ -115,18 +147,29 @@ class WebhookProcessor:
         if not isinstance(items, list) or not items:
             raise PayloadError(f"{action} needs an 'annotations' list of {{'id': ...}}")
         project_id, _ = _project_of(data)
-        outcomes = []
-        for item in items:
+        pending = []
+        for item in items:  # check every item before storing any
             annotation_id = item.get("id") if isinstance(item, dict) else item
             try:
-                outcome = self.store.delete(annotation_id, project_id=project_id, event=action)
+                pending.append(self.store.prepare_delete(annotation_id, project_id=project_id, event=action))
             except ValueError as error:
                 raise PayloadError(f"{action}: {error}") from None
+        outcomes = []
+        for item in pending:
+            outcome = self._commit(action, item)
             self.metrics.increment("webhooks", "deleted" if outcome.stored else "duplicates")
             outcomes.append(
                 {"annotation": outcome.annotation_id, "status": "deleted" if outcome.stored else "duplicate"}
             )
         return {"status": "deleted", "annotations": outcomes}
+
+    def _commit(self, action: str, item: PendingSave) -> SaveOutcome:
+        try:
+            return self.store.commit(item)
+        except OSError as error:
+            self.metrics.increment("webhooks", "storage_errors")
+            logger.error("%s: storing annotation %s failed: %s", action, item.annotation_id, error)
+            raise _storage_unavailable(action, error) from None
 
     def _training(self, data: dict) -> dict[str, Any]:
         project_id, label_config = _project_of(data)

@@ -11,7 +11,7 @@ from backend.evaluation.rating import RATERS_PER_SEGMENT, RATING_SCALE, ScoreDis
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.rating.collect import CollectedRatings, collect_ratings
-from plugin.rating.projects import prepare_rating_project
+from plugin.rating.projects import prepare_rating_projects
 
 NAME = "rate"
 HELP = "rate predicted segments 0-3 by three raters each (zero-guidance appendix F) and collect the scores"
@@ -21,26 +21,31 @@ segment and its text is shown to three distinct raters, who rate how well the te
 the segment (0 incorrect, 1 partially correct, 2 correct but too general/specific, 3 correct).
 
   rate setup --project SOURCE_ID [--raters 3]
-      make a rating project with one task per predicted segment that has a text: the input
-      image next to the segment highlighted in green, the predicted text, a required 0-3
-      choice; each task asks for --raters annotations by distinct annotators.
-  rate collect --project RATING_ID --out ratings.json [--report report.json]
-      write the ratings as the records `python -m backend.evaluation ratings` reads and
-      print the distribution of scores (Table 2).
+      make one rating project per rater batch ("Rating of project SOURCE_ID (rater batch
+      1/3)", ...), each with one task per predicted segment that has a text: the input image
+      next to the same image with the segment highlighted (the rest dimmed, a black and white
+      outline), the predicted text, a required 0-3 choice.
+  rate collect --project RATING_ID [RATING_ID ...] --out ratings.json [--report report.json]
+      write the ratings of the batch projects as the records `python -m backend.evaluation
+      ratings` reads and print the distribution of scores (Table 2).
 
-Raters label the rating project in Label Studio ("Label All Tasks"); each must log in as
-their own user."""
+Each rater logs in as their own user and labels ONE batch project ("Label All Tasks"). Label
+Studio's community edition shows every project to every user of the organisation: a rater who
+opens another batch's project sees its scores (docs/label-studio.md, "Raters")."""
 
 SETUP_DESCRIPTION = """\
-Create (or complete) the project "Rating of project SOURCE_ID": one task per brush region of
-the source project's newest predictions that has a text in a per-region TextArea. Running it
-again adds only segments without a task. Exit status 0, or 2 on an error (no such project, no
-prediction, no segment with a text)."""
+Create (or complete) --raters projects "Rating of project SOURCE_ID (rater batch b/N)", one per
+rater: each holds one task per brush region of the source project's newest predictions that
+has a text in a per-region TextArea, and asks for one rating per task. Running it again adds
+only segments without a task. Exit status 0, or 2 on an error (no such project, no prediction,
+no segment with a text)."""
 
 COLLECT_DESCRIPTION = """\
-Read the rating project's annotations. Per task: skipped annotations and annotations without a
-score are left out, a rater who rated twice counts once (the newest), and at most --raters
-ratings are kept (the first by annotation id), the b-th being rating batch b. Writes a JSON list
+Read the rater batch projects' annotations (or one shared rating project made by an older
+`rate setup`). Per task: skipped annotations and annotations without a score are left out, a
+rater who rated twice counts once (the newest). A rating in batch project b is batch b (one per
+task; a rater's second rating of a segment in a later batch is left out); in a shared project
+the b-th rating by annotation id is batch b, at most --raters of them. Writes a JSON list
 of {image, segment, text, label: null, rater, score, batch, source_project, source_task,
 rating_task, annotation} and prints the share of labels at each score, computed per batch and
 averaged over batches (appendix F). Exit status 0, 1 when there is no rating yet, 2 on an error."""
@@ -50,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="rate_action", metavar="ACTION", required=True)
     setup = actions.add_parser(
         "setup",
-        help="make the rating project of a pre-labelled project",
+        help="make the rater batch projects of a pre-labelled project",
         description=SETUP_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -59,9 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--raters",
         type=int,
         default=RATERS_PER_SEGMENT,
-        help="distinct raters per segment (paper: %(default)s)",
+        help="raters per segment, one batch project each (paper: %(default)s)",
     )
-    setup.add_argument("--title", help="rating project title (default: 'Rating of project SOURCE_ID')")
+    setup.add_argument(
+        "--title",
+        help="the batch projects' common title (default: 'Rating of project SOURCE_ID'); "
+        "each adds ' (rater batch b/N)'",
+    )
     setup.add_argument(
         "--text-control", help="per-region TextArea holding the predicted text (default: any per-region TextArea)"
     )
@@ -74,11 +83,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=COLLECT_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    collect.add_argument("--project", type=int, required=True, help="id of the rating project")
+    collect.add_argument(
+        "--project",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="RATING_ID",
+        help="ids of the rater batch projects (or of one shared rating project)",
+    )
     collect.add_argument("--out", type=Path, required=True, help="ratings JSON to write")
     collect.add_argument("--report", type=Path, help="also write the distribution and counts as JSON")
     collect.add_argument(
-        "--raters", type=int, help="ratings kept per segment (default: the project's annotations per task)"
+        "--raters",
+        type=int,
+        help="ratings kept per segment (default: the number of batches, or a shared project's annotations per task)",
     )
     collect.set_defaults(rate_run=run_collect)
 
@@ -89,19 +107,24 @@ def run(args: argparse.Namespace) -> int:
 
 def run_setup(args: argparse.Namespace) -> int:
     connection = LabelStudioConnection.from_environment()
-    setup = prepare_rating_project(
+    setup = prepare_rating_projects(
         connection, args.project, raters=args.raters, title=args.title, text_control=args.text_control
     )
     url = connection.settings.url
     print(
-        f"rating project {setup.project_id} {'created' if setup.created else 'exists'}: "
-        f"{url}/projects/{setup.project_id}/ ({setup.raters} distinct rater(s) per task)"
-    )
-    print(
         f"project {setup.source_project_id}: {setup.segments} predicted segment(s) with a text"
         + (f", {setup.regions_without_text} region(s) without text skipped" if setup.regions_without_text else "")
     )
-    print(f"created {len(setup.created_task_ids)} rating task(s), {setup.existing_tasks} already there")
+    for project in setup.projects:
+        print(
+            f"rater batch {project.batch}/{setup.raters}: project {project.project_id} "
+            f"{'created' if project.created else 'exists'}, {url}/projects/{project.project_id}/ "
+            f"({len(project.created_task_ids)} task(s) created, {project.existing_tasks} already there)"
+        )
+    print(
+        f"give each rater ONE of these projects; then: python -m plugin rate collect --project "
+        f"{' '.join(map(str, setup.project_ids))} --out ratings.json"
+    )
     if args.json:
         print(json.dumps(setup.to_dict()))
     return 0
@@ -115,9 +138,10 @@ def describe(collected: CollectedRatings, distribution: ScoreDistribution) -> li
     """The lines ``collect`` prints."""
     names = {level.score: level.name for level in RATING_SCALE}
     lines = [
-        f"{len(collected.records)} rating(s) of {collected.tasks} segment(s) by {len(collected.raters)} rater(s); "
-        f"{len(collected.unrated_tasks)} segment(s) without a rating, "
-        f"{len(collected.incomplete_tasks)} with fewer than {collected.raters_per_segment}",
+        f"{len(collected.records)} rating(s) of {len(collected.segments)} segment(s) by {len(collected.raters)} "
+        f"rater(s); {len(collected.unrated_segments)} segment(s) without a rating, "
+        f"{len(collected.incomplete_segments)} with fewer than {collected.raters_per_segment}; "
+        f"{len(collected.open_tasks)} rating task(s) still open",
         f"share of labels per score (per batch, averaged over {sum(b is not None for b in distribution.per_batch)} "
         "batch(es)):",
     ]
@@ -145,13 +169,15 @@ def run_collect(args: argparse.Namespace) -> int:
     print(f"wrote {len(collected.records)} rating(s) -> {args.out}")
     if args.report:
         report = {
-            "rating_project": args.project,
+            "rating_projects": args.project,
             "raters_per_segment": collected.raters_per_segment,
-            "segments": collected.tasks,
+            "segments": len(collected.segments),
+            "rating_tasks": collected.tasks,
             "ratings": len(collected.records),
             "raters": collected.raters,
-            "unrated_segments": collected.unrated_tasks,
-            "incomplete_segments": collected.incomplete_tasks,
+            "unrated_segments": [list(key) for key in collected.unrated_segments],
+            "incomplete_segments": [list(key) for key in collected.incomplete_segments],
+            "open_tasks": collected.open_tasks,
             "notes": collected.notes,
             "distribution": distribution.to_dict(),
         }

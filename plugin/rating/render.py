@@ -1,4 +1,13 @@
-"""The rating task's picture (appendix F, Fig. 21): input image | segmented image with the region in green."""
+"""The rating task's picture (appendix F, Fig. 21): input image | segmented image with the region highlighted.
+
+The paper shows "a segmented image with a green highlighted region". A green tint is not
+visible on every background (on green the region and its surroundings stay alike) and changes
+the colours the label may name (a red object tinted green turns olive). Here the region keeps
+its own pixels, the rest of the image is dimmed to ``DIM_FACTOR`` of its brightness, and the
+region is outlined outside its border by two bands: black next to the region, white around it.
+The white band stands out against the dimmed surroundings whatever their colour, and the black
+band against the white one, so the outline is visible on any background.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +15,60 @@ import io
 
 import numpy as np
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from plugin.errors import PluginError
 
-# Appendix F / Fig. 21: "a segmented image with a green highlighted region".
-HIGHLIGHT_RGB = (0, 255, 0)
-HIGHLIGHT_ALPHA = 0.5  # share of green in the region's pixels (not given in the paper)
-OUTLINE_FRACTION = 1 / 200  # outline width as a share of the shorter image side, at least 1 px
+DIM_FACTOR = 0.35  # brightness kept outside the region (and its outline)
+OUTLINE_INNER_RGB = (0, 0, 0)  # the band next to the region
+OUTLINE_OUTER_RGB = (255, 255, 255)  # the band around it
+OUTLINE_FRACTION = 1 / 60  # width of each band as a share of the shorter image side
+OUTLINE_MIN_PX = 2  # each band at least this wide
 PANEL_GAP_PX = 8  # white gap between the two panels
 
 
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """One step of 4-neighbour binary erosion; pixels outside the image count as background."""
-    padded = np.pad(mask, 1, constant_values=False)
-    return (
-        padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    )
+def outline_width(shape: tuple[int, int]) -> int:
+    """Width in pixels of each of the outline's two bands for an image of ``(H, W)``."""
+    return max(OUTLINE_MIN_PX, round(min(shape) * OUTLINE_FRACTION))
 
 
-def segment_outline(mask: np.ndarray, width: int) -> np.ndarray:
-    """``(H, W)`` bool: the pixels of ``mask`` within ``width`` erosion steps of its border."""
-    inner = mask
-    for _ in range(width):
-        inner = _erode(inner)
-    return mask & ~inner
+def outline_bands(mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(inner, outer)``: ``(H, W)`` bool bands outside ``mask``.
+
+    ``inner`` holds the pixels at a Euclidean distance in ``(0, width]`` from the mask, ``outer``
+    those in ``(width, 2 * width]``. Neither touches the mask's own pixels.
+    """
+    if not mask.any():
+        empty = np.zeros(mask.shape, dtype=bool)
+        return empty, empty.copy()
+    distance = ndimage.distance_transform_edt(~mask)
+    inner = (distance > 0) & (distance <= width)
+    outer = (distance > width) & (distance <= 2 * width)
+    return inner, outer
 
 
 def highlight_segment(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The segmented image: ``mask`` tinted green, its border drawn in solid green.
+    """The segmented image: the region as it is, the rest dimmed, a two-tone outline around it.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
         mask: ``(H, W)`` bool.
 
     Returns:
-        ``(H, W, 3)`` uint8: outside the mask the image unchanged; inside
-        ``(1 - α) * pixel + α * green`` rounded half up, with α = ``HIGHLIGHT_ALPHA``; the outline
-        (``OUTLINE_FRACTION`` of the shorter side, at least 1 px) pure green.
+        ``(H, W, 3)`` uint8: inside the mask the image unchanged; outside ``DIM_FACTOR * pixel``
+        rounded half up; over that, the `outline_bands` of `outline_width` in
+        ``OUTLINE_INNER_RGB`` (black, next to the region) and ``OUTLINE_OUTER_RGB`` (white).
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
     mask = mask.astype(bool)
-    green = np.asarray(HIGHLIGHT_RGB, dtype=np.float64)
-    out = image.copy()
-    blended = (1.0 - HIGHLIGHT_ALPHA) * image[mask].astype(np.float64) + HIGHLIGHT_ALPHA * green
-    out[mask] = np.floor(blended + 0.5).astype(np.uint8)  # rounded half up
-    width = max(1, round(min(mask.shape) * OUTLINE_FRACTION))
-    out[segment_outline(mask, width)] = HIGHLIGHT_RGB
+    out = np.floor(image.astype(np.float64) * DIM_FACTOR + 0.5).astype(np.uint8)  # rounded half up
+    out[mask] = image[mask]
+    inner, outer = outline_bands(mask, outline_width(mask.shape))
+    out[inner] = OUTLINE_INNER_RGB
+    out[outer] = OUTLINE_OUTER_RGB
     return out
 
 

@@ -180,4 +180,3 @@ def predicted_segments(
     return SourceSegments(
         segments=segments, predicted_tasks=len(predictions), tasks=len(tasks), regions_without_text=without_text
     )
-

@@ -1,12 +1,17 @@
-"""The pre-annotations as a person sees them: Label Studio's editor in headless chromium.
+"""What people see in Label Studio's editor, in headless chromium at 1400x900.
+
+- the pre-annotations (``test-artifacts/browser-prelabels.png``);
+- the rating protocol's raters: the first screen of a rating task, key 3 recording a 3
+  (``test-artifacts/rating-rater-view.png``), and a second rater who does not see that score in
+  their own batch project (``test-artifacts/rating-second-rater.png``). docs/images/ holds copies.
 
 Debian's chromium (``scripts/install-browser.sh``) driven by Python playwright through
-``executable_path`` (``playwright install`` is never run). The screenshot is saved to
-``test-artifacts/browser-prelabels.png``.
+``executable_path`` (``playwright install`` is never run).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,7 +43,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        missing_prerequisite("Python playwright is not installed (it is in requirements.txt)")
+        missing_prerequisite("Python playwright is not installed (it is in requirements-dev.txt)")
     if shutil.which(str(CHROMIUM)) is None:
         missing_prerequisite(f"{CHROMIUM} not found: run scripts/install-browser.sh (or set CHROMIUM)")
     with sync_playwright() as playwright:
@@ -193,3 +198,153 @@ def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(
         page.screenshot(path=str(artifacts_dir / "browser-interactive.png"))
         page.close()
     shutil.copyfile(artifacts_dir / "browser-interactive.png", DOCS_SCREENSHOT)
+
+
+# ------------------------------------------------------------------------------ the rater
+VIEWPORT = {"width": 1400, "height": 900}
+
+
+def login(browser, url: str, email: str, password: str):
+    """A new 1400x900 page logged in as that user."""
+    page = browser.new_page(viewport={"width": VIEWPORT["width"], "height": VIEWPORT["height"]})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{url}/user/login/")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda address: "/user/login" not in address)
+    return page
+
+
+def inside_viewport(box: dict | None) -> bool:
+    """The element's box lies entirely in the first screen (no scrolling)."""
+    return (
+        box is not None
+        and box["x"] >= 0
+        and box["y"] >= 0
+        and box["x"] + box["width"] <= VIEWPORT["width"]
+        and box["y"] + box["height"] <= VIEWPORT["height"]
+    )
+
+
+def checked_choice(page) -> list[str]:
+    """The texts of the rating choices whose radio button is checked."""
+    checked = page.locator(".lsf-choice:has(input[type=radio]:checked)")
+    return [squashed(checked.nth(index).inner_text()) for index in range(checked.count())]
+
+
+def open_task(page, url: str, project_id: int, task_id: int) -> None:
+    """Open a task from the Data Manager (what clicking its row does) and wait for the choices."""
+    page.goto(f"{url}/projects/{project_id}/data?task={task_id}")
+    page.locator(".lsf-choice").nth(3).wait_for()
+    page.wait_for_timeout(1500)  # annotations load after the choices render
+
+
+def test_rater_rates_with_key_3_on_one_screen_and_a_second_rater_sees_no_score(
+    browser, prelabelled, label_studio, artifacts_dir, monkeypatch, capsys
+):
+    from plugin.cli import main as plugin_main
+    from tests.e2e.test_rating import get, sign_up_rater
+
+    source = prelabelled("legacy")
+    url, admin_token = label_studio.url, source.api_key
+    first, second = sign_up_rater(url, admin_token), sign_up_rater(url, admin_token)
+    monkeypatch.setenv("LABEL_STUDIO_URL", url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", admin_token)
+    setup = ["rate", "setup", "--project", str(source.project_id), "--raters", "2", "--json"]
+    assert plugin_main([*setup, "--title", f"Browser rating {source.project_id}"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    first_project, second_project = summary["project_ids"]
+    admin = LabelStudio(base_url=url, api_key=admin_token)
+    segment_tasks = {
+        project_id: {(t.data["source_task"], t.data["region"]): t for t in admin.tasks.list(project=project_id)}
+        for project_id in summary["project_ids"]
+    }
+    texts = {task.data["text"] for task in segment_tasks[first_project].values()}
+
+    started = time.monotonic()
+
+    def step(name: str) -> None:
+        print(f"{time.monotonic() - started:6.1f} s  {name}")
+
+    # --- the first rater: "Label All Tasks" in their batch project ------------------------
+    page = login(browser, url, first.email, first.password)
+    try:
+        page.goto(f"{url}/projects/{first_project}/data")
+        page.get_by_text("Label All Tasks").first.click()
+        choices = page.locator(".lsf-choice")
+        choices.nth(3).wait_for()
+        picture = page.locator("div.lsf-image").first  # the picture's element, sized to the loaded image
+        picture.wait_for()
+        page.wait_for_function("() => document.querySelector('div.lsf-image').getBoundingClientRect().height > 50")
+        page.wait_for_timeout(1000)
+        step("labelling stream open")
+        assert page.get_by_text("Labeling Instructions").count() == 0, "no instruction modal"
+        assert "You will be solving" in page.inner_text("body")
+
+        # the first screen at 1400x900: the label, the four choices with their names, the picture
+        shown = [text for text in texts if page.get_by_text(text, exact=True).count()]
+        assert shown, f"none of the labels {sorted(texts)} is on the page"
+        label = page.get_by_text(shown[0], exact=True).first
+        assert inside_viewport(label.bounding_box()), label.bounding_box()
+        assert choices.count() == 4
+        for index, name in enumerate(("incorrect", "partially correct", "correct but too general/specific", "correct")):
+            choice = choices.nth(index)
+            assert squashed(choice.inner_text()).startswith(f"{index} · {name}")  # the name, not only on hover
+            assert inside_viewport(choice.bounding_box()), (index, choice.bounding_box())
+        assert inside_viewport(picture.bounding_box()), picture.bounding_box()  # both panels
+        assert checked_choice(page) == []
+
+        page.keyboard.press("3")
+        (chosen,) = checked_choice(page)
+        assert chosen.startswith("3 · correct")
+        page.screenshot(path=str(artifacts_dir / "rating-rater-view.png"))
+        step("key 3 chose '3 · correct'; screenshot saved")
+        page.keyboard.press("Control+Enter")  # submit, as the instruction says
+        deadline = time.monotonic() + 30
+        annotations = []
+        while time.monotonic() < deadline:
+            annotations = [
+                (task.id, annotation)
+                for task in segment_tasks[first_project].values()
+                for annotation in get(url, admin_token, f"/api/tasks/{task.id}/").json()["annotations"]
+            ]
+            if annotations:
+                break
+            page.wait_for_timeout(500)
+        assert len(annotations) == 1, annotations
+        rated_task, annotation = annotations[0]
+        assert annotation["completed_by"]["id"] == first.id
+        assert [item["value"]["choices"] for item in annotation["result"]] == [["3"]]  # key 3 recorded a 3
+        step(f"task {rated_task}: the first rater's 3 stored")
+    finally:
+        page.close()
+
+    segment = next(key for key, task in segment_tasks[first_project].items() if task.id == rated_task)
+    counterpart = segment_tasks[second_project][segment].id  # the same segment in the second batch
+
+    # --- the second rater, through the API -------------------------------------------------
+    own_view = get(url, second.token, "/api/tasks/", project=second_project, fields="all", page_size=500).json()
+    assert [a for task in own_view["tasks"] for a in task["annotations"]] == []
+    assert get(url, second.token, f"/api/tasks/{counterpart}/").json()["annotations"] == []
+    stream = get(url, second.token, f"/api/projects/{second_project}/next").json()
+    assert stream["annotations"] == []
+    # the community edition's limit (docs/label-studio.md, "Raters"): the first rater's project is
+    # open to every member of the organisation, and with it the first rater's score
+    other = get(url, second.token, f"/api/tasks/{rated_task}/").json()["annotations"]
+    assert [(a["completed_by"]["id"], a["result"][0]["value"]["choices"]) for a in other] == [(first.id, ["3"])]
+
+    # --- the second rater, through the UI ----------------------------------------------------
+    page = login(browser, url, second.email, second.password)
+    try:
+        page.goto(f"{url}/projects/{second_project}/data")
+        page.get_by_text("Submitted annotations: 0").wait_for()  # the Data Manager's footer
+        open_task(page, url, second_project, counterpart)
+        assert checked_choice(page) == [], "the second rater's task shows no score"
+        page.screenshot(path=str(artifacts_dir / "rating-second-rater.png"))
+        step("second rater: no score on the same segment in their project; screenshot saved")
+        open_task(page, url, first_project, rated_task)  # the limit, in the UI
+        assert [text[:11] for text in checked_choice(page)] == ["3 · correct"]
+        step("second rater: the first rater's project shows its score (the documented limit)")
+    finally:
+        page.close()

@@ -112,3 +112,36 @@ def test_sentence_embedder_is_real(tiny_models):
     sims = tiny_models.sentence.similarity(["cat"], ["kitten", "car"])[0]
     assert sims[0] > sims[1] + 0.2
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_an_unreachable_hub_turns_the_process_offline_after_one_short_probe(monkeypatch):
+    """No network: one connection attempt with a short timeout, then HF_HUB_OFFLINE=1 (no minutes of retries)."""
+    import socket
+
+    from backend.models import weights
+
+    attempts = []
+
+    def refuse(address, timeout=None):
+        attempts.append((address, timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(weights, "_probed", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid:8443")
+    assert weights.go_offline_unless_hub_answers() is False
+    assert attempts == [(("hub.invalid", 8443), weights.HUB_PROBE_TIMEOUT_S)]
+    assert weights.os.environ["HF_HUB_OFFLINE"] == "1"
+    assert weights.go_offline_unless_hub_answers() is False and len(attempts) == 1  # once per process
+
+
+def test_hub_probe_is_skipped_when_the_operator_said_offline(monkeypatch):
+    import socket
+
+    from backend.models import weights
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("no probe when offline"))
+    monkeypatch.setattr(weights, "_probed", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.go_offline_unless_hub_answers() is False

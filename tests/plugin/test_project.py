@@ -57,8 +57,11 @@ def test_short_titles_are_refused_before_asking_label_studio():
 def test_connect_backend_reuses_the_same_url():
     created = []
     backends = [SimpleNamespace(id=4, url="http://backend:9090/")]
+    updated = []
+    webhooks = [SimpleNamespace(id=9, url="http://other:9090/webhook", headers=None)]
     client = SimpleNamespace(
-        ml=SimpleNamespace(list=lambda project: backends, create=lambda **kwargs: created.append(kwargs) or SimpleNamespace(id=5, **kwargs))
+        ml=SimpleNamespace(list=lambda project: backends, create=lambda **kwargs: created.append(kwargs) or SimpleNamespace(id=5, **kwargs)),
+        webhooks=SimpleNamespace(list=lambda project: webhooks, update=lambda id, headers: updated.append((id, headers))),
     )
     backend, new = connect_backend(FakeConnection(client), 1, BackendSettings(url="http://backend:9090"))
     assert (backend.id, new, created) == (4, False, [])
@@ -70,6 +73,8 @@ def test_connect_backend_reuses_the_same_url():
         {"url": "http://other:9090", "project": 1, "title": settings.title, "is_interactive": True,
          "auth_method": "BASIC_AUTH", "basic_auth_user": "u", "basic_auth_pass": "p"}
     ]
+    # Label Studio's webhook for the backend carries no basic auth of its own: the header is added
+    assert updated == [(9, {"Authorization": "Basic dTpw"})]  # base64("u:p")
 
 
 @pytest.mark.parametrize(

@@ -23,13 +23,19 @@ from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend.evaluation.rating import RATING_INSTRUCTION, RATING_SCALE
+from backend.evaluation.rating import RATING_SCALE
 from plugin.cli import main
 from plugin.connection import ConnectionSettings, LabelStudioConnection
 from plugin.errors import PluginError
-from plugin.rating.collect import ratings_from_tasks, score_of
-from plugin.rating.config import rating_label_config
-from plugin.rating.render import highlight_segment, rating_image
+from plugin.rating.collect import ratings_from_batch_tasks, ratings_from_tasks, score_of
+from plugin.rating.config import (
+    configured_tasks,
+    rating_instruction,
+    rating_instruction_html,
+    rating_label_config,
+    shown_definition,
+)
+from tests.plugin.test_rating_render import reference_segmented
 
 URL = "http://ls.test:8080"
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
@@ -200,58 +206,9 @@ def source(fake, label_config) -> tuple[int, int]:
     return project_id, task_id
 
 
-# --------------------------------------------------------------------- independent reference
-def reference_segmented(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Pixel by pixel: a mask pixel with a 4-neighbour outside the mask (or the image) is pure
-    green, other mask pixels are half green, the rest unchanged (1 px outline for small images)."""
-    out = image.copy()
-    height, width = mask.shape
-    for y in range(height):
-        for x in range(width):
-            if not mask[y, x]:
-                continue
-            neighbours = [(y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)]
-            on_border = any(not (0 <= ny < height and 0 <= nx < width) or not mask[ny, nx] for ny, nx in neighbours)
-            if on_border:
-                out[y, x] = (0, 255, 0)
-            else:
-                out[y, x] = [round(0.5 * int(image[y, x, c]) + 0.5 * (0, 255, 0)[c] + 1e-9) for c in range(3)]
-    return out
-
-
-# ------------------------------------------------------------------------------- rendering
-def test_highlight_by_hand():
-    image = np.zeros((7, 7, 3), dtype=np.uint8)
-    image[:] = (90, 101, 110)
-    mask = np.zeros((7, 7), dtype=bool)
-    mask[1:6, 1:6] = True
-    out = highlight_segment(image, mask)
-    assert tuple(out[0, 0]) == (90, 101, 110)  # outside: unchanged
-    assert tuple(out[1, 3]) == (0, 255, 0)  # border: green
-    assert tuple(out[3, 3]) == (45, 178, 55)  # inside: (90 + 0) / 2, (101 + 255) / 2, (110 + 0) / 2
-    assert (out[2:5, 2:5] == (45, 178, 55)).all()
-    ring = mask & ~np.pad(np.ones((3, 3), bool), 2)
-    assert (out[ring] == (0, 255, 0)).all()
-
-
-def test_rating_image_is_input_then_segmented():
-    image = source_image()
-    mask, _ = SEGMENTS["r/1"]
-    panels = rating_image(image, mask)
-    assert panels.shape == (H, 2 * W + 8, 3)
-    np.testing.assert_array_equal(panels[:, :W], image)
-    assert (panels[:, W : W + 8] == 255).all()
-    np.testing.assert_array_equal(panels[:, W + 8 :], reference_segmented(image, mask))
-
-
-def test_highlight_refuses_mismatched_mask():
-    with pytest.raises(ValueError, match="does not match"):
-        highlight_segment(np.zeros((4, 4, 3), np.uint8), np.zeros((3, 4), bool))
-
-
 # ---------------------------------------------------------------------------- label config
-def test_label_config_has_instruction_definitions_and_required_scores():
-    config = rating_label_config()
+def test_label_config_states_the_task_count_and_the_scale_without_missing_pictures():
+    config = rating_label_config(16)
     interface = LabelInterface(config)
     (image,) = [tag for tag in interface.objects if tag.tag == "Image"]
     assert (image.name, image.value) == ("image", "$image")
@@ -260,70 +217,123 @@ def test_label_config_has_instruction_definitions_and_required_scores():
     assert rating.attr["required"] == "true" and rating.attr["choice"] == "single-radio"
     root = ElementTree.fromstring(config)
     hints = [(choice.get("value"), choice.get("hint")) for choice in root.iter("Choice")]
-    assert hints == [(str(level.score), f"{level.name}: {level.definition}") for level in RATING_SCALE]
+    assert hints == [
+        (str(level.score), f"{level.score} · {level.name}: {shown_definition(level)}") for level in RATING_SCALE
+    ]
     headers = [header.get("value") for header in root.iter("Header")]
-    assert RATING_INSTRUCTION in headers and "$text" in headers
+    assert rating_instruction(16) in headers and "$text" in headers
+    assert "You will be solving 16 independent questions" in rating_instruction(16)
+    assert "1 independent question," in rating_instruction(1)
+    assert configured_tasks(config) == 16
+    # Fig. 21's page had 30 questions and example pictures (A)-(E) that are not shown here
+    assert "30 independent" not in config and not re.search(r"\([A-E]\)", config)
+    assert not re.search(r"\([A-E]\)", rating_instruction_html(16))
+    assert "green" not in rating_instruction(16)  # the highlight is no longer green
     assert interface.validate_prediction(
         {"result": [{"from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": ["2"]}}]},
         return_errors=True,
     ) == []
+    with pytest.raises(ValueError):
+        rating_label_config(0)
 
 
 # ------------------------------------------------------------------------------------ setup
-def test_setup_creates_one_task_per_segment_with_text(fake, source, capsys):
+def setup_summary(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_setup_creates_one_project_per_rater_batch_with_every_segment_once(fake, source, capsys):
     project_id, task_id = source
     assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert (summary["raters"], summary["segments"], summary["regions_without_text"]) == (3, 2, 1)
+    assert [entry["batch"] for entry in summary["projects"]] == [1, 2, 3]
+    assert summary["project_ids"] == [entry["project_id"] for entry in summary["projects"]]
 
-    rating_id = summary["project_id"]
-    project = fake.projects[rating_id]
-    assert project["title"] == f"Rating of project {project_id}"
-    assert project["label_config"] == rating_label_config()
-    assert (project["maximum_annotations"], project["overlap_cohort_percentage"]) == (3, 100)
-    assert project["show_skip_button"] is False and project["show_instruction"] is True
-    assert RATING_INSTRUCTION.split(".")[0] in project["expert_instruction"]
-
-    tasks = sorted(fake.project_tasks(rating_id), key=lambda task: task["data"]["region"])
-    # neither the old prediction nor the class mask is rated
-    assert [task["data"]["region"] for task in tasks] == ["r/1", "r2"]
-    assert sorted(summary["created_task_ids"]) == sorted(task["id"] for task in tasks)
-    assert (summary["segments"], summary["existing_tasks"], summary["regions_without_text"]) == (2, 0, 1)
     source_path = fake.tasks[task_id]["data"]["image"]
-    for task in tasks:
-        data = task["data"]
-        mask, text = SEGMENTS[data["region"]]
-        keys = ("text", "source_project", "source_task", "source_image", "prediction", "model_version")
-        assert {key: data[key] for key in keys} == {
-            "text": text, "source_project": project_id, "source_task": task_id,
-            "source_image": source_path, "prediction": 9, "model_version": "v2",
-        }
-        assert data["image_name"] == f"{task_id}-dog.png"
-        shown = np.asarray(Image.open(io.BytesIO(fake.files[data["image"]])))
-        np.testing.assert_array_equal(shown[:, :W], source_image())
-        np.testing.assert_array_equal(shown[:, W + 8 :], reference_segmented(source_image(), mask))
+    for entry in summary["projects"]:
+        batch, rating_id = entry["batch"], entry["project_id"]
+        project = fake.projects[rating_id]
+        assert project["title"] == entry["title"] == f"Rating of project {project_id} (rater batch {batch}/3)"
+        assert project["label_config"] == rating_label_config(2)  # "You will be solving 2 independent questions"
+        assert (project["maximum_annotations"], project["overlap_cohort_percentage"]) == (1, 100)
+        assert project["show_skip_button"] is False and project["enable_empty_annotation"] is False
+        assert project["show_instruction"] is False  # no modal on every "Label All Tasks"
+        assert project["expert_instruction"] == rating_instruction_html(2)  # behind the "Instructions" button
+
+        tasks = sorted(fake.project_tasks(rating_id), key=lambda task: task["data"]["region"])
+        # neither the old prediction nor the class mask is rated
+        assert [task["data"]["region"] for task in tasks] == ["r/1", "r2"]
+        assert entry["created_task_ids"] == sorted(task["id"] for task in tasks) and entry["existing_tasks"] == 0
+        for task in tasks:
+            data = task["data"]
+            mask, text = SEGMENTS[data["region"]]
+            keys = ("text", "source_project", "source_task", "source_image", "prediction", "model_version",
+                    "rater_batch", "rater_batches", "image_name")
+            assert {key: data[key] for key in keys} == {
+                "text": text, "source_project": project_id, "source_task": task_id,
+                "source_image": source_path, "prediction": 9, "model_version": "v2",
+                "rater_batch": batch, "rater_batches": 3, "image_name": f"{task_id}-dog.png",
+            }
+            assert data["image"].startswith(f"/data/upload/{rating_id}/")  # each project has its own upload
+            shown = np.asarray(Image.open(io.BytesIO(fake.files[data["image"]])))
+            np.testing.assert_array_equal(shown[:, :W], source_image())
+            np.testing.assert_array_equal(shown[:, W + 8 :], reference_segmented(source_image(), mask))
+    ids = " ".join(str(entry["project_id"]) for entry in summary["projects"])
+    assert f"python -m plugin rate collect --project {ids} --out ratings.json" in printed
 
 
-def test_setup_again_adds_nothing_and_raters_are_configurable(fake, source, capsys):
+def test_setup_again_adds_nothing_and_more_raters_make_other_projects(fake, source, capsys):
     project_id, _ = source
-    assert main(["rate", "setup", "--project", str(project_id)]) == 0
+    assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
+    first = setup_summary(capsys)
     uploads = len(fake.uploads)
+    assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
+    again = setup_summary(capsys)
+    assert again["project_ids"] == first["project_ids"] and len(fake.uploads) == uploads
+    assert [(e["created"], e["created_task_ids"], e["existing_tasks"]) for e in again["projects"]] == [(False, [], 2)] * 3
+
     assert main(["rate", "setup", "--project", str(project_id), "--raters", "5", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (summary["created"], summary["created_task_ids"], summary["existing_tasks"]) == (False, [], 2)
-    assert len(fake.uploads) == uploads
-    assert fake.projects[summary["project_id"]]["maximum_annotations"] == 5
+    five = setup_summary(capsys)
+    assert [fake.projects[pid]["title"] for pid in five["project_ids"]] == [
+        f"Rating of project {project_id} (rater batch {b}/5)" for b in range(1, 6)
+    ]
+    assert not set(five["project_ids"]) & set(first["project_ids"])
+
+
+def test_a_new_segment_is_added_to_every_batch_and_the_count_follows(fake, source, capsys):
+    project_id, task_id = source
+    assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
+    ids = setup_summary(capsys)["project_ids"]
+    newer = [brush(region, mask) for region, (mask, _) in SEGMENTS.items()] + [brush("r3", box(0, 8, 3, 12))]
+    newer += [caption(region, text) for region, (_, text) in SEGMENTS.items()] + [caption("r3", "sky")]
+    fake.predictions.append({"id": 12, "task": task_id, "project": project_id, "model_version": "v3", "result": newer})
+    assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
+    summary = setup_summary(capsys)
+    assert [(len(e["created_task_ids"]), e["existing_tasks"]) for e in summary["projects"]] == [(1, 2)] * 3
+    for rating_id in ids:
+        assert len(fake.project_tasks(rating_id)) == 3
+        assert fake.projects[rating_id]["label_config"] == rating_label_config(3)
+        assert "You will be solving 3 independent questions" in fake.projects[rating_id]["expert_instruction"]
 
 
 def test_setup_completes_an_interrupted_run_without_uploading_again(fake, source, capsys):
     project_id, _ = source
     assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
-    rating_id = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["project_id"]
+    rating_id = setup_summary(capsys)["project_ids"][1]
     task = next(task for task in fake.project_tasks(rating_id) if task["data"]["region"] == "r2")
     task["data"] = {"image": task["data"]["image"]}  # uploaded, data never written
     uploads, patches = len(fake.uploads), len(fake.task_patches)
     assert main(["rate", "setup", "--project", str(project_id)]) == 0
     assert len(fake.uploads) == uploads and fake.task_patches[patches:] == [task["id"]]
-    assert task["data"]["text"] == "grass"
+    assert (task["data"]["text"], task["data"]["rater_batch"]) == ("grass", 2)
+
+
+def test_setup_refuses_a_title_too_long_for_label_studio(fake, source, capsys):
+    assert main(["rate", "setup", "--project", str(source[0]), "--title", "x" * 40]) == 2
+    assert "longer than Label Studio's 50 characters" in capsys.readouterr().err
+    assert len(fake.projects) == 1
 
 
 def test_setup_refuses_a_project_without_predictions(fake, label_config, capsys):
@@ -352,7 +362,7 @@ def test_unknown_project_is_a_clear_error(fake, capsys):
 
 def test_setup_refuses_a_title_taken_by_another_kind_of_project(fake, source, label_config, capsys):
     project_id, _ = source
-    fake.add_project(f"Rating of project {project_id}", label_config)
+    fake.add_project(f"Rating of project {project_id} (rater batch 1/3)", label_config)
     assert main(["rate", "setup", "--project", str(project_id)]) == 2
     assert "is not a rating project" in capsys.readouterr().err
 
@@ -376,10 +386,111 @@ def rating_data(task: int, region: str, text: str) -> dict:
             "prediction": 4, "model_version": "v"}
 
 
+def batch_data(task: int, region: str, text: str, batch: int, batches: int = 3, source_project: int = 1) -> dict:
+    return {**rating_data(task, region, text), "source_project": source_project, "rater_batch": batch,
+            "rater_batches": batches}
+
+
+@pytest.fixture
+def batches(fake) -> list[int]:
+    """Three rater batch projects of the segments (7, a), (7, b), (8, c), rated with some noise."""
+    ids = []
+    plan = {
+        1: {"a": [annotation(41, 1, "3")], "b": [annotation(42, 1, "2")], "c": [annotation(43, 1, "1")]},
+        # two users in batch 2's project: annotation 53 is a second rating of that task
+        2: {"a": [annotation(51, 2, "2")], "b": [annotation(52, 2, "0"), annotation(53, 5, "3")], "c": []},
+        # rater 1 wandered into batch 3: a second rating of segment a by rater 1; c was skipped
+        3: {"a": [annotation(61, 1, "1")], "b": [annotation(62, 3, "3")], "c": [annotation(63, 3, None, True)]},
+    }
+    for batch, tasks in plan.items():
+        rating_id = fake.add_project(f"Rating of project 1 (rater batch {batch}/3)", rating_label_config(3))
+        for region, annotations in tasks.items():
+            source_task = 8 if region == "c" else 7
+            fake.add_task(rating_id, batch_data(source_task, region, f"text {region}", batch), annotations)
+        ids.append(rating_id)
+    return ids
+
+
+def task_of(fake, project_id: int, region: str) -> int:
+    (task,) = [task for task in fake.project_tasks(project_id) if task["data"]["region"] == region]
+    return task["id"]
+
+
+def test_collect_combines_the_batch_projects(fake, batches, tmp_path, capsys):
+    out, report_path = tmp_path / "ratings.json", tmp_path / "report.json"
+    given = [str(project_id) for project_id in reversed(batches)]  # any order
+    assert main(["rate", "collect", "--project", *given, "--out", str(out), "--report", str(report_path)]) == 0
+    records = json.loads(out.read_text())
+    fields = ("image", "segment", "text", "label", "rater", "score", "batch", "annotation", "rating_task")
+    assert [tuple(record[field] for field in fields) for record in records] == [
+        ("7-cat.png", "a", "text a", None, "1", 3, 1, 41, task_of(fake, batches[0], "a")),
+        ("7-cat.png", "a", "text a", None, "2", 2, 2, 51, task_of(fake, batches[1], "a")),
+        ("7-cat.png", "b", "text b", None, "1", 2, 1, 42, task_of(fake, batches[0], "b")),
+        ("7-cat.png", "b", "text b", None, "2", 0, 2, 52, task_of(fake, batches[1], "b")),
+        ("7-cat.png", "b", "text b", None, "3", 3, 3, 62, task_of(fake, batches[2], "b")),
+        ("8-cat.png", "c", "text c", None, "1", 1, 1, 43, task_of(fake, batches[0], "c")),
+    ]
+    # exactly the keys of the records before rater batch projects
+    assert set(records[0]) == {"image", "segment", "text", "label", "rater", "score", "batch", "source_project",
+                               "source_task", "rating_task", "annotation"}
+    report = json.loads(report_path.read_text())
+    # Table 2 by hand: batch 1 = {3, 2, 1}, batch 2 = {2, 0}, batch 3 = {3}
+    expected = {0: (0 + 1 / 2 + 0) / 3, 1: (1 / 3 + 0 + 0) / 3, 2: (1 / 3 + 1 / 2 + 0) / 3, 3: (1 / 3 + 0 + 1) / 3}
+    assert report["distribution"]["fractions"] == pytest.approx({str(k): v for k, v in expected.items()})
+    assert report["rating_projects"] == [int(project_id) for project_id in given]
+    assert (report["raters_per_segment"], report["segments"], report["rating_tasks"], report["ratings"]) == (3, 3, 9, 6)
+    assert report["unrated_segments"] == [] and report["incomplete_segments"] == [[7, "a"], [8, "c"]]
+    assert report["open_tasks"] == sorted(
+        [task_of(fake, batches[1], "c"), task_of(fake, batches[2], "a"), task_of(fake, batches[2], "c")]
+    )
+    notes = "\n".join(report["notes"])
+    assert "annotation 53 by rater 5 left out (a batch project's task holds one rating" in notes
+    assert "annotation 61 left out: rater 1 already rated this segment in batch 1" in notes
+    assert "annotation 63 was skipped" in notes and len(report["notes"]) == 3
+    assert "6 rating(s) of 3 segment(s) by 3 rater(s)" in capsys.readouterr().out
+
+
+def test_collect_notes_a_batch_project_not_given(fake, batches, tmp_path, capsys):
+    out = tmp_path / "ratings.json"
+    assert main(["rate", "collect", "--project", str(batches[0]), str(batches[1]), "--out", str(out)]) == 0
+    assert {record["batch"] for record in json.loads(out.read_text())} == {1, 2}
+    assert "rater batch(es) [3] of 3 not collected" in capsys.readouterr().err
+
+
+def test_collect_refuses_projects_that_do_not_make_one_set_of_batches(fake, batches, tmp_path, capsys):
+    out = str(tmp_path / "ratings.json")
+    twice = fake.add_project("copy of batch 1", rating_label_config(1))
+    fake.add_task(twice, batch_data(7, "a", "text a", 1), [])
+    assert main(["rate", "collect", "--project", str(batches[0]), str(twice), "--out", out]) == 2
+    assert f"projects {batches[0]} and {twice} both hold rater batch 1" in capsys.readouterr().err
+
+    other = fake.add_project("Rating of project 5 (rater batch 3/3)", rating_label_config(1))
+    fake.add_task(other, batch_data(7, "a", "text a", 3, source_project=5), [])
+    assert main(["rate", "collect", "--project", str(batches[0]), str(other), "--out", out]) == 2
+    assert "batches of different rating set-ups" in capsys.readouterr().err
+
+    shared = fake.add_project("Rating of project 1", rating_label_config(1), maximum_annotations=3)
+    fake.add_task(shared, rating_data(7, "a", "a dog"), [])
+    assert main(["rate", "collect", "--project", str(batches[0]), str(shared), "--out", out]) == 2
+    assert f"project(s) [{shared}] are shared rating projects" in capsys.readouterr().err
+
+    assert main(["rate", "collect", "--project", *map(str, batches), "--raters", "2", "--out", out]) == 2
+    assert "--raters 2: the rater batch projects make 3 batches" in capsys.readouterr().err
+
+
+def test_ratings_from_batch_tasks_refuses_a_segment_twice_in_one_batch():
+    tasks = [{"id": i, "data": batch_data(7, "a", "t", 1), "annotations": []} for i in (1, 2)]
+    with pytest.raises(PluginError, match="both hold task 7, region 'a' in rater batch 1"):
+        ratings_from_batch_tasks(tasks, 3)
+    with pytest.raises(PluginError, match="rater_batch 4 is not a batch from 1 to 3"):
+        ratings_from_batch_tasks([{"id": 1, "data": batch_data(7, "a", "t", 4), "annotations": []}], 3)
+
+
 @pytest.fixture
 def rated(fake) -> int:
-    """A rating project: a fully rated task, a partly rated one with noise, an unrated one, an over-rated one."""
-    rating_id = fake.add_project("Rating of project 1", rating_label_config(), maximum_annotations=3)
+    """A shared rating project (made by earlier versions, overlap 3): a fully rated task, a partly
+    rated one with noise, an unrated one, an over-rated one."""
+    rating_id = fake.add_project("Rating of project 1", rating_label_config(4), maximum_annotations=3)
     complete = [annotation(11, 1, "3"), annotation(12, 2, "2"), annotation(13, 3, "0")]
     fake.add_task(rating_id, rating_data(7, "a", "a dog"), complete)
     fake.add_task(
@@ -401,7 +512,7 @@ def rated(fake) -> int:
     return rating_id
 
 
-def test_collect_writes_rating_records_and_the_distribution(fake, rated, tmp_path, capsys):
+def test_collect_reads_a_shared_project_as_before(fake, rated, tmp_path, capsys):
     out, report_path = tmp_path / "ratings.json", tmp_path / "report.json"
     assert main(["rate", "collect", "--project", str(rated), "--out", str(out), "--report", str(report_path)]) == 0
     records = json.loads(out.read_text())
@@ -431,8 +542,10 @@ def test_collect_writes_rating_records_and_the_distribution(fake, rated, tmp_pat
         {"0": 0, "1": 1, "2": 0, "3": 2}, {"0": 0, "1": 1, "2": 1, "3": 0}, {"0": 1, "1": 0, "2": 1, "3": 0}
     ]
     assert (report["segments"], report["ratings"], report["raters"]) == (4, 7, ["1", "2", "3", "4", "5", "6"])
+    assert report["rating_projects"] == [rated]
+    assert report["unrated_segments"] == [[8, "c"]] and report["incomplete_segments"] == [[7, "b"]]
     task_ids = sorted(task["id"] for task in fake.project_tasks(rated))
-    assert report["unrated_segments"] == [task_ids[2]] and report["incomplete_segments"] == [task_ids[1]]
+    assert report["open_tasks"] == [task_ids[1], task_ids[2]]
     assert len(report["notes"]) == 4  # skipped, no choice, rated twice, a 4th rating
     printed = capsys.readouterr()
     assert f"3 correct                            {100 * expected[3]:.1f}%" in printed.out
@@ -440,7 +553,7 @@ def test_collect_writes_rating_records_and_the_distribution(fake, rated, tmp_pat
 
 
 def test_collect_with_no_rating_yet(fake, tmp_path, capsys):
-    rating_id = fake.add_project("Rating of project 1", rating_label_config(), maximum_annotations=3)
+    rating_id = fake.add_project("Rating of project 1", rating_label_config(1), maximum_annotations=3)
     fake.add_task(rating_id, rating_data(7, "a", "a dog"), [])
     out = tmp_path / "ratings.json"
     assert main(["rate", "collect", "--project", str(rating_id), "--out", str(out)]) == 1

@@ -8,20 +8,21 @@ explicit hotkeys the choices 0-3 of the rating project got the keys 1-4.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
 
 from backend.evaluation.rating import RATING_SCALE
-from plugin.rating.config import RATING_CONTROL, rating_label_config
+from plugin.rating.config import RATING_CONTROL, rating_label_config, shown_definition
 
 REPO = Path(__file__).resolve().parents[2]
 AUTO_KEYS = "1234567890qwetasdfgzxcvbyiopjklnm"  # Hotkey.ts `makeComb`
 SCORE_KEYS = {"0", "1", "2", "3"}
 
 CONFIGS = {
-    "rating project": rating_label_config,
+    "rating project": lambda: rating_label_config(16),
     "label_config.xml": lambda: (REPO / "label_config.xml").read_text(encoding="utf-8"),
 }
 
@@ -57,16 +58,21 @@ def test_rating_choices_are_radio_buttons_with_the_digit_as_value_and_hotkey(con
         assert choice.get("alias") is None  # an alias would replace the stored value
 
 
+def shown_text(choice: ElementTree.Element) -> str:
+    """The text a choice shows: its ``html`` without tags (Label Studio renders the html)."""
+    return re.sub(r"<[^>]+>", " ", choice.get("html", "")).strip()
+
+
 def test_rating_choices_show_their_digit_and_name(config):
     for choice in rating_choices(config).iter("Choice"):
         digit = choice.get("value")
-        assert choice.get("html", "").startswith(f"{digit} · ")
+        assert shown_text(choice).startswith(f"{digit} · ")
 
 
-def test_rating_project_choices_show_the_scale_names():
-    choices = rating_choices(ElementTree.fromstring(rating_label_config()))
-    shown = [choice.get("html") for choice in choices.iter("Choice")]
-    assert shown == [f"{level.score} · {level.name}" for level in RATING_SCALE]
+def test_rating_project_choices_show_the_scale_names_and_definitions():
+    choices = rating_choices(ElementTree.fromstring(rating_label_config(16)))
+    shown = [" ".join(shown_text(choice).split()) for choice in choices.iter("Choice")]
+    assert shown == [f"{level.score} · {level.name} {shown_definition(level)}" for level in RATING_SCALE]
 
 
 def test_no_other_tag_has_an_explicit_score_key(config):
@@ -83,7 +89,7 @@ def test_keys_0_to_3_choose_the_scores_0_to_3_after_automatic_assignment(config)
 
 def test_automatic_assignment_model_reproduces_the_defect():
     """Without explicit hotkeys the model gives the choices 0-3 the keys 1-4, as Label Studio did."""
-    root = ElementTree.fromstring(rating_label_config())
+    root = ElementTree.fromstring(rating_label_config(16))
     for choice in root.iter("Choice"):
         choice.attrib.pop("hotkey", None)
     bound = effective_hotkeys(root)

@@ -318,7 +318,13 @@ def fake_ls():
 
 @pytest.fixture
 def config(tmp_path) -> ServiceConfig:
-    return ServiceConfig(model_dir=tmp_path / "model_dir", model_load_wait_s=10.0, image_timeout_s=5.0)
+    # The fake image host is on loopback, which SSRF protection refuses unless allowed.
+    return ServiceConfig(
+        model_dir=tmp_path / "model_dir",
+        model_load_wait_s=10.0,
+        image_timeout_s=5.0,
+        image_allowed_hosts=("127.0.0.1",),
+    )
 
 
 @pytest.fixture

@@ -15,6 +15,13 @@ from backend.zeroguide.results import Segment, ZeroGuidanceResult
 from backend.zeroguide.settings import ZeroGuideSettings
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """The test polls for ``path``: it must never see the file before its text."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def calibrate_backtracking() -> tuple[int, float]:
     """``(n, seconds)``: a size at which one backtracking match takes a measurable time."""
     n = 16
@@ -39,6 +46,8 @@ def hold_the_interpreter(seconds: float, calibration: tuple[int, float]) -> None
 CRASH_CLUSTERS = 91  # n_clusters=91: the child exits
 RAISE_CLUSTERS = 92  # n_clusters=92: the method raises
 HOG_CLUSTERS = 93  # n_clusters=93: the method holds the interpreter lock for crf_iterations seconds
+HANG_CLUSTERS = 94  # n_clusters=94: the method never returns (sleeps forever)
+SLEEP_CLUSTERS = 95  # n_clusters=95: the method sleeps crf_iterations tenths of a second, then answers
 
 
 def fake_segment(mask: np.ndarray, text: str, text_score: float) -> Segment:
@@ -59,11 +68,17 @@ class GilHoggingSegmenter:
             os._exit(3)
         if self.settings.n_clusters == RAISE_CLUSTERS:
             raise ValueError("bad settings for this fake")
+        if self.settings.n_clusters == HANG_CLUSTERS:
+            (self.state_dir / "hanging").write_text(str(os.getpid()))
+            while True:
+                time.sleep(3600)
+        if self.settings.n_clusters == SLEEP_CLUSTERS:
+            time.sleep(self.settings.crf_iterations / 10)
         if self.settings.n_clusters == HOG_CLUSTERS:
             # time.monotonic() is the system-wide CLOCK_MONOTONIC: comparable across processes
-            (self.state_dir / "started").write_text(f"{os.getpid()} {time.monotonic()}")
+            write_atomically(self.state_dir / "started", f"{os.getpid()} {time.monotonic()}")
             hold_the_interpreter(float(self.settings.crf_iterations), self.calibration)
-            (self.state_dir / "done").write_text(str(time.monotonic()))
+            write_atomically(self.state_dir / "done", str(time.monotonic()))
         height, width = image.shape[:2]
         left = np.zeros((height, width), bool)
         left[:, : width // 2] = True
@@ -134,3 +149,11 @@ def quick_library(config) -> QuickMethods:
 def child_training_hook(request) -> dict:
     (request.model_dir / "trained-by").write_text(str(os.getpid()))
     return {"pid": os.getpid(), "annotations": len(request.annotations)}
+
+
+def sleepy_training_hook(request) -> dict:
+    """Sleeps the seconds written in ``MODEL_DIR/train-seconds`` (a stand-in for a long training run)."""
+    seconds = float((request.model_dir / "train-seconds").read_text())
+    (request.model_dir / "training-started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return {"pid": os.getpid(), "slept": seconds}

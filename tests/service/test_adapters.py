@@ -18,6 +18,7 @@ from backend.service.adapters import (
 from backend.service.images import LoadedImage
 from backend.service.masks import polygon_to_mask, rle_to_mask
 from backend.service.runtime import ModelRuntime
+from backend.fmbseg.results import ClassMaskPrediction
 from backend.zeroguide.results import ZeroGuidanceResult
 
 from .conftest import FakeMethods, fake_segment, load_recorded, sample_image
@@ -125,10 +126,11 @@ def test_polygon_tags_and_skips(config):
         '<PolygonLabels name="p" toName="image"><Label value="cat"/><Label value="dog" model_skip="true"/></PolygonLabels>',
         '<PolygonLabels name="z" toName="image" model_mode="zero-guidance"><Label value="thing"/></PolygonLabels>',
         '<BrushLabels name="skipped" toName="image" model_skip="true"><Label value="x"/></BrushLabels>',
-        '<RectangleLabels name="r" toName="image"><Label value="box"/></RectangleLabels>',
+        '<RectangleLabels name="r" toName="image" smart="true"><Label value="box"/></RectangleLabels>',
+        '<KeyPointLabels name="k" toName="image" smart="true"><Label value="click"/></KeyPointLabels>',
     )
     adapters, _ = adapters_for(xml, config)
-    assert [type(a) for a in adapters] == [ClassPolygonAdapter, ZeroGuidancePolygonAdapter]
+    assert [type(a) for a in adapters] == [ClassPolygonAdapter, ZeroGuidancePolygonAdapter]  # smart tools: prompts
     assert adapters[0].classes == ["cat"]  # dog has model_skip
 
 
@@ -250,7 +252,9 @@ def test_zero_guidance_polygons_repeat_the_text_per_component(config):
             def segment(image):
                 mask = np.zeros(image.shape[:2], bool)
                 mask[2:6, 2:6] = mask[10:20, 20:30] = True
-                return ZeroGuidanceResult([fake_segment(mask, "blobs", 0.7, 1)], mask.shape, settings, "v", "tiny", True)
+                return ZeroGuidanceResult(
+                    [fake_segment(mask, "blobs", 0.7, 1)], mask.shape, settings, "v", "tiny", True
+                )
 
             segmenter.segment = segment
             return segmenter
@@ -306,3 +310,93 @@ def test_open_vocabulary_predicts_labels_outside_the_checkpoint(config):
     results = adapter.predict_regions(loaded(), {})
     assert runtime.methods.predictors[0].calls == [(("cat", "sky"), False, True)]
     assert [r["value"]["brushlabels"] for r in results] == [["cat"], ["sky"]] and not adapter.unsupported
+
+
+@pytest.mark.parametrize(
+    "label_attributes, tag_attributes, expected_texts",
+    [
+        ("", "", ["a left half", "a right half"]),  # text scores 0.9 and 0.4: both, best first
+        ('model_score_threshold="0.5"', "", ["a left half"]),  # the label's threshold drops 0.4
+        ('model_score_threshold="0.5"', 'model_score_threshold="0.95"', ["a left half"]),  # the label wins
+        ("", 'model_score_threshold="0.95"', []),
+        ('model_max_regions="1"', "", ["a left half"]),
+    ],
+)
+def test_a_labels_own_threshold_and_cap_win_over_the_tags(config, label_attributes, tag_attributes, expected_texts):
+    xml = view(
+        f'<BrushLabels name="z" toName="image" model_mode="zero-guidance" {tag_attributes}>'
+        f'<Label value="s" {label_attributes}/></BrushLabels>',
+        '<TextArea name="t" toName="image" perRegion="true"/>',
+    )
+    (adapter,), _ = adapters_for(xml, config)
+    results = adapter.predict_regions(loaded(), {})
+    assert [r["value"]["text"][0] for r in results if r["type"] == "textarea"] == expected_texts
+
+
+def test_a_labels_region_cap_keeps_the_largest_polygons(config):
+    class TwoBlobsForCat(FakeMethods):
+        def fmbseg(self, models, settings, checkpoint):
+            predictor = super().fmbseg(models, settings, checkpoint)
+
+            def predict(image, classes, refine=None, open_vocabulary=False):
+                label_map = np.full(image.shape[:2], -1)
+                label_map[1:4, 1:4] = 0  # 9 pixels
+                label_map[10:20, 10:20] = 0  # 100 pixels
+                return ClassMaskPrediction(label_map, list(classes), "stage1", "v", True)
+
+            predictor.predict = predict
+            return predictor
+
+    xml = view('<PolygonLabels name="p" toName="image"><Label value="cat" model_max_regions="1"/></PolygonLabels>')
+    (adapter,), _ = adapters_for(xml, config, TwoBlobsForCat())
+    (region,) = adapter.predict_regions(loaded(32, 24), {})
+    assert polygon_to_mask(region["value"]["points"], 24, 32)[10:20, 10:20].all()
+
+
+def test_a_bad_label_option_names_the_label(config):
+    xml = view('<BrushLabels name="c" toName="image"><Label value="cat" model_score_threshold="high"/></BrushLabels>')
+    with pytest.raises(LabelConfigError, match='<Label value="cat" model_score_threshold=...> must be a number'):
+        adapters_for(xml, config)
+
+
+def test_mask_to_boxes_by_hand():
+    from backend.service.masks import mask_to_boxes
+
+    mask = np.zeros((10, 20), bool)
+    mask[2:4, 5:9] = True  # 8 pixels: columns 5-8, rows 2-3
+    mask[6:10, 0:10] = True  # 40 pixels
+    big, small = mask_to_boxes(mask)
+    assert big == {"x": 0.0, "y": 60.0, "width": 50.0, "height": 40.0, "rotation": 0}
+    assert small == {"x": 25.0, "y": 20.0, "width": 20.0, "height": 20.0, "rotation": 0}
+    assert mask_to_boxes(mask, min_area=9) == [big]
+
+
+def test_class_masks_and_named_segments_also_come_as_boxes(config):
+    """A RectangleLabels beside the mask tags: boxes for the classes, and for the segments with
+    their text under the box's region id; one FMbSeg and one zero-guidance call a task."""
+    xml = view(
+        '<BrushLabels name="classes" toName="image"><Label value="cat"/><Label value="sky"/></BrushLabels>',
+        '<RectangleLabels name="class_boxes" toName="image"><Label value="cat"/><Label value="sky"/></RectangleLabels>',
+        '<BrushLabels name="z" toName="image" model_mode="zero-guidance"><Label value="thing"/></BrushLabels>',
+        '<RectangleLabels name="z_boxes" toName="image" model_mode="zero-guidance"><Label value="thing"/></RectangleLabels>',
+        '<TextArea name="t" toName="image" perRegion="true"/>',
+    )
+    methods = FakeMethods()
+    adapters, _ = adapters_for(xml, config, methods)
+    cache: dict = {}
+    by_name = {a.from_name: a.predict_regions(loaded(32, 24), cache) for a in adapters}
+    cat, sky = by_name["class_boxes"]
+    assert cat["value"] == {
+        "x": 0.0,
+        "y": 0.0,
+        "width": 100.0,
+        "height": 50.0,
+        "rotation": 0,
+        "rectanglelabels": ["cat"],
+    }
+    assert sky["value"]["y"] == 50.0 and sky["type"] == "rectanglelabels"
+    boxes = [r for r in by_name["z_boxes"] if r["type"] == "rectanglelabels"]
+    texts = {r["id"]: r["value"]["text"][0] for r in by_name["z_boxes"] if r["type"] == "textarea"}
+    assert [texts[b["id"]] for b in boxes] == ["a left half", "a right half"]
+    assert boxes[0]["value"]["width"] == 50.0 and boxes[0]["score"] == 0.9
+    assert len(methods.predictors[-1].calls) == 1 and methods.segmenters[-1].calls == 1

@@ -135,20 +135,27 @@ def test_predict_uses_the_label_config_from_setup(fake_ls, config, fake_methods)
     assert client.get("/versions", json={"project": "7.123"}).json == {"versions": [setup["model_version"]]}
 
 
-def test_basic_auth(config, fake_methods):
+def test_basic_auth(fake_ls, config, fake_methods):
+    fake_ls.state.public["/ok.png"] = png_bytes(sample_image())
     app = create_app(config.replace(basic_auth_user="ls", basic_auth_pass="s3cret"), methods=fake_methods)
     client = app.test_client()
-    response = client.get("/health")
+    # /health answers without credentials: Label Studio's and compose's health checks send none
+    assert client.get("/health").status_code == 200
+    response = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png"))
     assert_json_error(response, 401, "authentication required")
     assert response.headers["WWW-Authenticate"].startswith("Basic")
+    assert_json_error(client.get("/"), 401, "authentication required")
+    assert_json_error(client.get("/metrics"), 401, "authentication required")
 
     def header(user, password):
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
-    assert client.get("/health", headers=header("ls", "wrong")).status_code == 401
+    assert client.get("/metrics", headers=header("ls", "wrong")).status_code == 401
     assert client.post("/setup", json={"schema": CONFIG_XML}, headers=header("other", "s3cret")).status_code == 401
     assert client.get("/health", headers=header("ls", "s3cret")).status_code == 200
     assert client.post("/setup", json={"schema": CONFIG_XML}, headers=header("ls", "s3cret")).status_code == 200
+    ok = client.post("/predict", json=predict_body(fake_ls.url + "/ok.png"), headers=header("ls", "s3cret"))
+    assert ok.status_code == 200 and len(ok.json["results"]) == 1
 
 
 def test_health_and_setup_answer_while_models_load(config, fake_ls):

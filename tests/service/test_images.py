@@ -9,6 +9,7 @@ from PIL import Image
 
 from backend.service.images import ImageFetcher, ImageFetchError, ImageLimits, decode_image, model_size_for
 from backend.service.ls_auth import LabelStudioAuth
+from backend.service.ssrf import SsrfPolicy
 
 from .conftest import LEGACY_TOKEN, huge_png_header, make_pat, png_bytes, sample_image
 
@@ -93,8 +94,10 @@ def test_missing_file_and_missing_label_studio_url(fake_ls):
         fetcher_for(fake_ls).load(fake_ls.url + "/img/nothing.png")
     with pytest.raises(ImageFetchError, match="LABEL_STUDIO_URL is not set"):
         ImageFetcher(LIMITS).load("/data/upload/1/a.png")
+    with pytest.raises(ImageFetchError, match="cloud-storage URI.*LABEL_STUDIO_URL is not set"):
+        ImageFetcher(LIMITS).load("s3://bucket/a.png")  # presigned by Label Studio (tests/prelabel/test_cloud_uris.py)
     with pytest.raises(ImageFetchError, match="unsupported image reference"):
-        ImageFetcher(LIMITS).load("s3://bucket/a.png")
+        ImageFetcher(LIMITS).load("bucket/a.png")
 
 
 def test_byte_limit(fake_ls):
@@ -106,7 +109,12 @@ def test_byte_limit(fake_ls):
 def test_api_key_is_not_sent_to_other_origins(fake_ls):
     fake_ls.state.public["/img/a.png"] = png_bytes(sample_image())
     other_origin = fake_ls.url.replace("127.0.0.1", "localhost")  # Label Studio "lives" elsewhere
-    fetcher = ImageFetcher(LIMITS, label_studio_url=other_origin, auth=LabelStudioAuth(other_origin, LEGACY_TOKEN))
+    fetcher = ImageFetcher(
+        LIMITS,
+        label_studio_url=other_origin,
+        auth=LabelStudioAuth(other_origin, LEGACY_TOKEN),
+        ssrf=SsrfPolicy(allowed_hosts=("127.0.0.1",), trusted_origin=other_origin),  # the image host is on loopback
+    )
     fetcher.load(fake_ls.url + "/img/a.png")
     assert fake_ls.state.requests[-1][2] is None
 

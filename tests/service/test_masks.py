@@ -101,7 +101,13 @@ def test_one_alpha_rule_for_retraining_export_and_rating():
     expected = np.array([[False, False, False], [False, True, True]])
     np.testing.assert_array_equal(rle_to_mask(rle, 2, 3), expected)
     np.testing.assert_array_equal(plugin_decode_brush({"format": "rle", "rle": rle}, 2, 3), expected)
-    brush = {"id": "r", "from_name": "seg", "type": "brushlabels", "original_width": 3, "original_height": 2,
-             "value": {"format": "rle", "rle": rle, "brushlabels": ["cat"]}}
+    brush = {
+        "id": "r",
+        "from_name": "seg",
+        "type": "brushlabels",
+        "original_width": 3,
+        "original_height": 2,
+        "value": {"format": "rle", "rle": rle, "brushlabels": ["cat"]},
+    }
     (region,) = regions_from_results([brush])
     np.testing.assert_array_equal(region.mask, expected)

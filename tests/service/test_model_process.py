@@ -32,7 +32,7 @@ def shared_process_app(tmp_path_factory):
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     server.state.public["/ok.png"] = png_bytes(sample_image(32, 24))
     state = tmp_path_factory.mktemp("model_dir")
-    config = ServiceConfig(model_dir=state, model_load_wait_s=60, image_timeout_s=5)
+    config = ServiceConfig(model_dir=state, model_load_wait_s=60, image_timeout_s=5, image_allowed_hosts=("127.0.0.1",))
     runtime = ProcessModelRuntime(config, quick_library)
     app = create_app(config, runtime=runtime)
     runtime.wait_until_ready(120)
@@ -82,7 +82,11 @@ def test_health_answers_while_the_child_holds_its_interpreter_lock(process_app):
     client, runtime, image, state = process_app
     replies = []
     worker = threading.Thread(
-        target=lambda: replies.append(predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {HOG_CLUSTERS}, "crf_iterations": 3}}')))
+        target=lambda: replies.append(
+            predict(
+                client, image, with_zero_guidance_settings(f'{{"n_clusters": {HOG_CLUSTERS}, "crf_iterations": 3}}')
+            )
+        )
     )
     worker.start()
     deadline = time.monotonic() + 60
@@ -110,12 +114,27 @@ def test_method_errors_fail_the_task_only(process_app):
     assert {r["from_name"] for r in reply["results"][0]["result"]} == {"class_mask"}
 
 
-def test_a_crashed_child_is_reported_and_restarted(own_process_app):
+def test_a_crashed_child_fails_its_task_and_is_restarted(own_process_app):
     client, runtime, image, _ = own_process_app
-    response = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {CRASH_CLUSTERS}}}'))
-    assert response.status_code == 503 and "exited while working" in response.json["error"]
-    assert client.get("/health").json["models"] == "error: the model process exited (exit code 3)"
-    assert predict(client, image).status_code == 200  # a new child
+    reply = predict(client, image, with_zero_guidance_settings(f'{{"n_clusters": {CRASH_CLUSTERS}}}'))
+    # the crash costs the zero-guidance tag of that task only; the class-mask tag waits for the new child
+    assert reply.status_code == 200
+    assert "ModelProcessDied: the model process exited (exit code 3) while working" in reply.json["warnings"][0]
+    assert {r["from_name"] for r in reply.json["results"][0]["result"]} == {"class_mask"}
+    assert predict(client, image).json["warnings"] == []
+    assert runtime.restarts == 1 and runtime.exits == 1 and client.get("/health").json["models"] == "ready"
+
+
+def test_a_crash_while_idle_is_reported_then_restarted(own_process_app):
+    client, runtime, image, _ = own_process_app
+    os.kill(runtime._process.pid, 9)
+    deadline = time.monotonic() + 5
+    while not runtime.status.startswith("restarting") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json["status"] == "UP"  # restarting soon: not an error
+    assert health.json["models"].startswith("restarting: the model process exited (exit code -9)")
+    assert predict(client, image).json["warnings"] == []  # waits for the new child (MODEL_LOAD_WAIT)
     assert runtime.restarts == 1 and client.get("/health").json["models"] == "ready"
 
 
@@ -137,7 +156,9 @@ def test_loading_errors_in_the_child_are_reported(config):
     try:
         with pytest.raises(Exception, match="no weights for device broken"):
             runtime.wait_until_ready(60)
-        assert client.get("/health").json["models"] == "error: FileNotFoundError: no weights for device broken"
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json["status"] == "ERROR"
+        assert health.json["models"] == "error: FileNotFoundError: no weights for device broken"
     finally:
         runtime.stop()
 
@@ -161,3 +182,46 @@ def test_a_click_crosses_to_the_child_typed_and_comes_back_as_one_region(process
     assert mask[12:, 8:24].all() and mask.sum() == 12 * 16  # the box, in pixels of the 32x24 image
     assert text["value"]["text"] == [f"pid {runtime._process.pid} multimask False task 1:3"]
     assert text["id"] == brush["id"]
+
+
+def test_deadlines_and_limits_from_the_environment():
+    from backend.service.model_process import predict_timeout_s
+
+    assert [predict_timeout_s(ServiceConfig(model_preset=p)) for p in ("tiny", "cpu", "paper")] == [60, 300, 600]
+    config = ServiceConfig.from_env({"MODEL_PRESET": "tiny", "PREDICT_TIMEOUT": "0", "MODEL_MAX_IN_FLIGHT": "3"})
+    assert predict_timeout_s(config) is None and config.model_max_in_flight == 3
+    config = ServiceConfig.from_env({"PREDICT_TIMEOUT": "12.5", "TRAINING_TIMEOUT": "0", "MODEL_RESTART_REFILL": "60"})
+    assert predict_timeout_s(config) == 12.5 and config.training_timeout_s == 0 and config.restart_refill_s == 60
+    defaults = ServiceConfig.from_env({})
+    assert (defaults.model_queue_wait_s, defaults.restart_budget, defaults.restart_backoff_s) == (30, 5, 1)
+    assert defaults.training_timeout_s == 21600 and defaults.restart_backoff_max_s == 60
+    for bad in ({"MODEL_MAX_IN_FLIGHT": "0"}, {"PREDICT_TIMEOUT": "-1"}, {"MODEL_RESTART_BUDGET": "0"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ServiceConfig.from_env(bad)
+
+
+def test_the_in_process_runtime_waits_a_bounded_time_too(config):
+    from backend.service.runtime import ModelRuntime, ModelsBusy
+
+    from .conftest import FakeMethods
+
+    runtime = ModelRuntime(config.replace(model_queue_wait_s=0.2), FakeMethods())
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime.inference_lock:
+            holding.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    holding.wait(5)
+    started = time.monotonic()
+    with pytest.raises(ModelsBusy, match="MODEL_QUEUE_WAIT") as refused:
+        with runtime.inference_lock:
+            pass
+    assert 0.2 <= time.monotonic() - started < 1.0 and refused.value.retry_after_s >= 1
+    release.set()
+    worker.join(5)
+    with runtime.inference_lock:  # free again
+        pass

@@ -31,8 +31,13 @@ CONFIG = """
 def brush(region_id, mask, label, from_name="classes"):
     height, width = mask.shape
     return {
-        "id": region_id, "from_name": from_name, "to_name": "image", "type": "brushlabels",
-        "original_width": width, "original_height": height, "image_rotation": 0,
+        "id": region_id,
+        "from_name": from_name,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
         "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
     }
 
@@ -53,11 +58,13 @@ def project(tmp_path):
         results = [brush("a", ~sky, "Cat"), brush("b", sky, "Sky")]
         if index == 1:
             results.append(brush("c", sky, "Unknown label"))  # not in the config: ignored
-        records.append({
-            "annotation": {"id": 10 + index, "result": results},
-            "task": {"id": index + 1, "data": {"image": f"/data/local-files/?d=im{index}.png"}},
-            "project_id": 7,
-        })
+        records.append(
+            {
+                "annotation": {"id": 10 + index, "result": results},
+                "task": {"id": index + 1, "data": {"image": f"/data/local-files/?d=im{index}.png"}},
+                "project_id": 7,
+            }
+        )
     return root, records
 
 
@@ -75,9 +82,15 @@ def served_tags(label_config, service_config=None):
 
 def request_for(tmp_path, root, records, config=CONFIG, service_config=None):
     return TrainingRequest(
-        project_id=7, label_config=config, annotations=records, model_dir=tmp_path / "model_dir",
-        checkpoint_dir=tmp_path / "model_dir" / "checkpoints" / "fmbseg", preset="tiny", event={},
-        images=ImageSource(ImageLimits(), local_files_root=root), class_mask_tags=served_tags(config, service_config),
+        project_id=7,
+        label_config=config,
+        annotations=records,
+        model_dir=tmp_path / "model_dir",
+        checkpoint_dir=tmp_path / "model_dir" / "checkpoints" / "fmbseg",
+        preset="tiny",
+        event={},
+        images=ImageSource(ImageLimits(), local_files_root=root),
+        class_mask_tags=served_tags(config, service_config),
     )
 
 

@@ -24,7 +24,7 @@ def free_port() -> int:
 def test_config_from_env_defaults_and_errors(tmp_path):
     config = ServiceConfig.from_env({})
     assert (config.host, config.port, config.model_preset, config.failed_task_reply) == (
-        "0.0.0.0",
+        "127.0.0.1",  # this machine only unless HOST says otherwise (the Docker image sets 0.0.0.0)
         9090,
         "cpu",
         "empty",

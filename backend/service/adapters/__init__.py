@@ -12,8 +12,8 @@ from typing import Any
 from ..config import ServiceConfig
 from ..runtime import Runtime
 from .base import CLASSES, ZERO_GUIDANCE, ControlAdapter, LabelConfigError, control_mode
-from .class_masks import ClassBrushAdapter, ClassMaskAdapter, ClassPolygonAdapter
-from .zero_guidance import ZeroGuidanceBrushAdapter, ZeroGuidancePolygonAdapter
+from .class_masks import ClassBoxAdapter, ClassBrushAdapter, ClassMaskAdapter, ClassPolygonAdapter
+from .zero_guidance import ZeroGuidanceBoxAdapter, ZeroGuidanceBrushAdapter, ZeroGuidancePolygonAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,8 @@ AVAILABLE_ADAPTERS: list[type[ControlAdapter]] = [
     ClassBrushAdapter,
     ClassPolygonAdapter,
     ZeroGuidancePolygonAdapter,
+    ClassBoxAdapter,
+    ZeroGuidanceBoxAdapter,
 ]
 
 EXAMPLE_CONFIG = """<View>
@@ -60,11 +62,13 @@ __all__ = [
     "AVAILABLE_ADAPTERS",
     "CLASSES",
     "ZERO_GUIDANCE",
+    "ClassBoxAdapter",
     "ClassBrushAdapter",
     "ClassMaskAdapter",
     "ClassPolygonAdapter",
     "ControlAdapter",
     "LabelConfigError",
+    "ZeroGuidanceBoxAdapter",
     "ZeroGuidanceBrushAdapter",
     "ZeroGuidancePolygonAdapter",
     "control_mode",

@@ -8,18 +8,20 @@ service-wide environment defaults in :class:`~backend.service.config.ServiceConf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import uuid
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import numpy as np
 
 from ..config import ServiceConfig, parse_bool
 from ..images import LoadedImage
-from ..masks import mask_to_polygons, mask_to_rle
+from ..masks import mask_to_boxes, mask_to_polygons, mask_to_rle
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,12 @@ def per_region_text_areas(interface: Any, control: Any) -> list[Any]:
     return found
 
 
+def is_smart_tool(control: Any) -> bool:
+    """A ``smart="true"`` / ``smartOnly="true"`` tag: the annotator's prompt tool for interactive
+    clicks and boxes, not a place for pre-annotations."""
+    return any(str(control.attr.get(name, "false")).lower() == "true" for name in ("smart", "smartOnly"))
+
+
 def control_mode(control: Any, interface: Any) -> str:
     """``"zero-guidance"`` or ``"classes"`` for a BrushLabels/PolygonLabels control.
 
@@ -104,6 +112,8 @@ class TagOptions:
         return None if value is None or str(value).strip() == "" else str(value).strip()
 
     def _where(self, attribute: str) -> str:
+        if self.control.tag == "Label":
+            return f'<Label value="{self.control.name}" {attribute}=...>'
         return f'<{self.control.tag} name="{self.control.name}" {attribute}=...>'
 
     def flag(self, attribute: str, default: bool | None) -> bool | None:
@@ -167,6 +177,29 @@ def label_studio_score(score: float | None) -> float | None:
     return min(1.0, max(0.0, float(score)))
 
 
+@dataclass(frozen=True)
+class LabelOptions:
+    """Per-label options: a ``<Label>``'s own ``model_score_threshold`` / ``model_max_regions``, else the tag's."""
+
+    score_threshold: float
+    max_regions: int
+
+
+class _LabelView:
+    """Just enough of a ``<Label>`` for :class:`TagOptions` to read its attributes."""
+
+    def __init__(self, label: str, attributes: Mapping[str, Any]) -> None:
+        self.tag = "Label"
+        self.name = label
+        self.attr = dict(attributes)
+
+
+def label_attributes(control: Any, label: str) -> dict[str, str]:
+    """The attributes of ``control``'s ``<Label value=label>``."""
+    attributes = getattr((control.labels_attrs or {}).get(label), "attr", None) or {}
+    return {str(k): str(v) for k, v in attributes.items()}
+
+
 class ControlAdapter(ABC):
     """One Label Studio control tag served by one method.
 
@@ -193,15 +226,29 @@ class ControlAdapter(ABC):
         self.image_key: str = image.value_name  # "image" for value="$image"
         self.options = TagOptions(control, config)
         self.score_threshold = self.options.number("model_score_threshold", config.score_threshold, 0.0, 1.0)
+        self.max_regions = self.options.integer("model_max_regions", config.max_regions, minimum=1)
         self.min_area = self.options.integer("model_min_area", config.min_region_area)
+        # A <Label>'s own threshold and region cap win over the tag's (read at every /setup and
+        # /predict: a change made in Label Studio applies at once).
+        self.label_options: dict[str, LabelOptions] = {
+            label: self._label_options(label) for label in (control.labels or [])
+        }
         # Problems found while reading the config or predicting (reported in /predict and /metrics).
         self.problems: list[str] = []
+
+    def _label_options(self, label: str) -> LabelOptions:
+        options = TagOptions(_LabelView(label, label_attributes(self.control, label)), self.config)
+        return LabelOptions(
+            score_threshold=options.number("model_score_threshold", self.score_threshold, 0.0, 1.0),
+            max_regions=options.integer("model_max_regions", self.max_regions, minimum=1),
+        )
 
     @classmethod
     def is_control_matched(cls, control: Any, interface: Any) -> bool:
         return (
             control.tag == cls.tag
             and image_object(control) is not None
+            and not is_smart_tool(control)
             and control_mode(control, interface) == cls.mode
         )
 
@@ -225,6 +272,7 @@ class ControlAdapter(ABC):
             "name": self.from_name,
             "score_threshold": self.score_threshold,
             "min_area": self.min_area,
+            "labels": {label: dataclasses.asdict(options) for label, options in self.label_options.items()},
         }
 
     def __repr__(self) -> str:
@@ -276,3 +324,13 @@ class PolygonShape:
 
     def version_inputs(self) -> dict[str, Any]:
         return {**super().version_inputs(), "polygon_tolerance": self.polygon_tolerance}
+
+
+class BoxShape:
+    """Regions as rectangles: one region per connected component (its bounding box)."""
+
+    def shape_results(self, image: LoadedImage, mask: np.ndarray, label: str, score: float | None) -> list[dict]:
+        return [
+            self._result(new_region_id(), image, {**box, "rectanglelabels": [label]}, score)
+            for box in mask_to_boxes(mask, min_area=self.min_area)
+        ]

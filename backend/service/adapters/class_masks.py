@@ -19,7 +19,7 @@ from ...fmbseg.results import ClassMaskPrediction
 from ..images import LoadedImage
 from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, fmbseg_settings
 from ..vocabulary import ClassMaskTag, ClassVocabulary
-from .base import CLASSES, BrushShape, ControlAdapter, LabelConfigError, PolygonShape
+from .base import CLASSES, BoxShape, BrushShape, ControlAdapter, LabelConfigError, PolygonShape, label_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +34,9 @@ class ClassMaskAdapter(ControlAdapter):
         self.settings = self.options.project_settings(
             PROJECT_SETTINGS_ATTRIBUTE, lambda project, where: fmbseg_settings(self.config, project, where)
         )
-        labels_attrs = self.control.labels_attrs or {}
         try:
             self.vocabulary = ClassVocabulary.from_labels(
-                {
-                    label: {str(k): str(v) for k, v in (getattr(labels_attrs.get(label), "attr", None) or {}).items()}
-                    for label in self.control.labels or []
-                }
+                {label: label_attributes(self.control, label) for label in self.control.labels or []}
             )
         except ValueError as error:
             raise LabelConfigError(str(error)) from None
@@ -105,7 +101,8 @@ class ClassMaskAdapter(ControlAdapter):
             mask = image.mask_to_original(np.asarray(mask))
             if not mask.any() or int(mask.sum()) < self.min_area:
                 continue
-            results.extend(self.shape_results(image, mask, label, score=None))
+            # largest first (polygons: one region a connected component), at most the label's cap
+            results.extend(self.shape_results(image, mask, label, score=None)[: self.label_options[label].max_regions])
         return results
 
     def _vocabulary(self, trained: list[str] | None) -> tuple[list[str], bool]:
@@ -139,3 +136,10 @@ class ClassPolygonAdapter(PolygonShape, ClassMaskAdapter):
     """``<PolygonLabels>`` with class labels: one polygon region per connected component."""
 
     tag = "PolygonLabels"
+
+
+class ClassBoxAdapter(BoxShape, ClassMaskAdapter):
+    """``<RectangleLabels>`` with class labels: a box per connected component of each class mask
+    (the FMbSeg call is shared with a mask tag of the same labels and settings)."""
+
+    tag = "RectangleLabels"

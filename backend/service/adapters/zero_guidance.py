@@ -23,6 +23,7 @@ from ..images import LoadedImage
 from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, zero_guidance_settings
 from .base import (
     ZERO_GUIDANCE,
+    BoxShape,
     BrushShape,
     ControlAdapter,
     LabelConfigError,
@@ -34,7 +35,7 @@ from .base import (
 logger = logging.getLogger(__name__)
 
 
-class _ZeroGuidanceAdapter(ControlAdapter):
+class ZeroGuidanceAdapter(ControlAdapter):
     mode = ZERO_GUIDANCE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -51,7 +52,6 @@ class _ZeroGuidanceAdapter(ControlAdapter):
                 f'<{self.tag} name="{self.from_name}" model_label="{self.label}">: not one of its labels {labels}'
             )
         self.text_area = self._find_text_area()
-        self.max_regions = self.options.integer("model_max_regions", self.config.max_regions, minimum=1)
         self.settings = self.options.project_settings(
             PROJECT_SETTINGS_ATTRIBUTE, lambda project, where: zero_guidance_settings(self.config, project, where)
         )
@@ -80,7 +80,6 @@ class _ZeroGuidanceAdapter(ControlAdapter):
             "method": ZERO_GUIDANCE,
             "label": self.label,
             "text_area": self.text_area.name if self.text_area is not None else None,
-            "max_regions": self.max_regions,
             "settings": self.settings.to_dict(),
         }
 
@@ -92,13 +91,14 @@ class _ZeroGuidanceAdapter(ControlAdapter):
                 cache[key] = segmenter.segment(image.pixels)
         result: ZeroGuidanceResult = cache[key]
         segments = sorted(result.segments, key=lambda segment: -segment.text_score)  # best first
+        options = self.label_options[self.label]  # the label's own threshold and cap, else the tag's
         results: list[dict] = []
         kept = 0
         for segment in segments:
-            if kept >= self.max_regions:
+            if kept >= options.max_regions:
                 break
             score = label_studio_score(segment.text_score)
-            if score is not None and score < self.score_threshold:
+            if score is not None and score < options.score_threshold:
                 continue
             mask = image.mask_to_original(np.asarray(segment.mask))
             if not mask.any() or int(mask.sum()) < self.min_area:
@@ -125,13 +125,20 @@ class _ZeroGuidanceAdapter(ControlAdapter):
         }
 
 
-class ZeroGuidanceBrushAdapter(BrushShape, _ZeroGuidanceAdapter):
+class ZeroGuidanceBrushAdapter(BrushShape, ZeroGuidanceAdapter):
     """``<BrushLabels>`` in zero-guidance mode: a brush mask + text per segment."""
 
     tag = "BrushLabels"
 
 
-class ZeroGuidancePolygonAdapter(PolygonShape, _ZeroGuidanceAdapter):
+class ZeroGuidancePolygonAdapter(PolygonShape, ZeroGuidanceAdapter):
     """``<PolygonLabels model_mode="zero-guidance">``: polygons + text per segment."""
 
     tag = "PolygonLabels"
+
+
+class ZeroGuidanceBoxAdapter(BoxShape, ZeroGuidanceAdapter):
+    """``<RectangleLabels model_mode="zero-guidance">``: a box + text per segment component
+    (the segmentation is shared with a mask tag of the same settings)."""
+
+    tag = "RectangleLabels"
