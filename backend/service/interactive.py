@@ -30,7 +30,7 @@ import numpy as np
 
 from .adapters import CLASSES, ZERO_GUIDANCE, ClassMaskAdapter, ControlAdapter, LabelConfigError
 from ..interactive.settings import ClickSettings
-from .adapters.base import TagOptions, label_studio_score, per_region_text_areas
+from .adapters.base import TagOptions, is_smart_tool, label_studio_score, per_region_text_areas
 from .config import ServiceConfig
 from .images import LoadedImage
 from .method_settings import PROJECT_SETTINGS_ATTRIBUTE, click_settings
@@ -50,6 +50,7 @@ __all__ = [
     "text_result",
 ]
 
+MASK_TAGS = ("BrushLabels", "PolygonLabels")  # the tags a clicked object's mask can go into
 POINT_TYPES = ("keypointlabels", "keypoint")
 BOX_TYPES = ("rectanglelabels", "rectangle")
 MAX_POINTS = 64  # clicks on one object; more is not an annotator clicking
@@ -277,7 +278,11 @@ def choose_target(adapters: Sequence[ControlAdapter], interface: Any, context: I
     Raises :class:`~backend.service.adapters.LabelConfigError` when no served tag is on the smart
     tools' image.
     """
-    candidates = [a for a in adapters if not context.to_names or a.to_name in context.to_names]
+    candidates = [
+        a
+        for a in adapters
+        if a.tag in MASK_TAGS and (not context.to_names or a.to_name in context.to_names)
+    ]
     if not candidates:
         raise LabelConfigError(
             f"no BrushLabels or PolygonLabels served here is on the smart tools' image {list(context.to_names)}"
@@ -313,12 +318,9 @@ SMART_TOOL_TAGS = ("KeyPointLabels", "RectangleLabels", "KeyPoint", "Rectangle")
 
 
 def smart_tools(interface: Any) -> list[Any]:
-    """The label config's smart tools: keypoint and rectangle tags with ``smart="true"``."""
-    return [
-        control
-        for control in interface.controls or []
-        if control.tag in SMART_TOOL_TAGS and str(control.attr.get("smart", "false")).lower() == "true"
-    ]
+    """The label config's smart tools: keypoint and rectangle tags with ``smart`` / ``smartOnly="true"``."""
+    controls = interface.controls or []
+    return [control for control in controls if control.tag in SMART_TOOL_TAGS and is_smart_tool(control)]
 
 
 def _tool_settings(control: Any, config: ServiceConfig) -> ClickSettings:

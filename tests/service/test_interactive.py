@@ -309,3 +309,16 @@ def test_context_errors_are_payload_errors():
     with pytest.raises(InteractiveContextError) as error:
         parse_context({"result": [{"type": "keypointlabels", "value": {"x": 1}}]})
     assert "value.y must be a finite number" in str(error.value)
+
+
+def test_a_box_tag_never_takes_the_clicked_mask(served):
+    """Non-smart RectangleLabels get boxes when pre-labelling; a clicked object's mask goes to a brush."""
+    client, image, _ = served
+    config = """<View><Image name="image" value="$image"/>
+      <RectangleLabels name="boxes" toName="image" model_mode="classes"><Label value="cat"/></RectangleLabels>
+      <BrushLabels name="masks" toName="image" model_mode="classes"><Label value="dog"/><Label value="cat"/></BrushLabels>
+      <KeyPointLabels name="click" toName="image" smart="true"><Label value="cat"/></KeyPointLabels></View>"""
+    (prediction,) = predict(client, image, {"result": [click(50, 50, label="cat")]}, config).json["results"]
+    (region,) = prediction["result"]
+    assert (region["from_name"], region["type"], region["value"]["brushlabels"]) == ("masks", "brushlabels", ["cat"])
+    assert region["score"] == 0.9  # the annotator chose the class: SAM's predicted IoU
