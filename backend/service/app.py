@@ -441,7 +441,9 @@ def _register_routes(app: Flask, service: SegmentationService, model_dir_error: 
         model = _parse_model(service, label_config, project)
         started = time.monotonic()
         metrics.increment("predict", "requests")
-        response = model.predict(tasks, context=params.get("context"))
+        # interactive mode: Label Studio sends params.context; other clients put context at the top level
+        context = params.get("context") if params.get("context") is not None else data.get("context")
+        response = model.predict(tasks, context=context)
         metrics.increment("predict", "tasks", by=len(tasks))
         metrics.increment("predict", "tasks_failed", by=response.failed_tasks)
         metrics.increment("predict", "results", by=sum(len(p["result"]) for p in response.predictions if p))

@@ -112,6 +112,7 @@ class ServiceConfig:
     fmbseg_checkpoint: Path | None = None  # FMBSEG_CHECKPOINT; default: newest in MODEL_DIR
     zeroguide_settings: Mapping[str, Any] = field(default_factory=dict)  # ZEROGUIDE_SETTINGS
     fmbseg_settings: Mapping[str, Any] = field(default_factory=dict)  # FMBSEG_SETTINGS
+    click_settings: Mapping[str, Any] = field(default_factory=dict)  # CLICK_SETTINGS (interactive mode)
     training_hook: str | None = None  # TRAINING_HOOK: "package.module:function"; from_env: retraining, "none": off
 
     # --- per-tag defaults (tag attributes override them) --------------------------------
@@ -204,7 +205,7 @@ class ServiceConfig:
         """Build the configuration from ``environ`` (default: ``os.environ``).
 
         Raises ``ValueError`` naming the variable, also for ``MODEL_PRESET`` and method settings
-        (``ZEROGUIDE_SETTINGS`` / ``FMBSEG_SETTINGS``) that the methods would refuse.
+        (``ZEROGUIDE_SETTINGS`` / ``FMBSEG_SETTINGS`` / ``CLICK_SETTINGS``) that the methods would refuse.
         """
         from .method_settings import check_operator_settings
 
@@ -233,6 +234,7 @@ class ServiceConfig:
             fmbseg_checkpoint=Path(checkpoint) if checkpoint else None,
             zeroguide_settings=parse_settings_json(_text(env, "ZEROGUIDE_SETTINGS"), "ZEROGUIDE_SETTINGS"),
             fmbseg_settings=parse_settings_json(_text(env, "FMBSEG_SETTINGS"), "FMBSEG_SETTINGS"),
+            click_settings=parse_settings_json(_text(env, "CLICK_SETTINGS"), "CLICK_SETTINGS"),
             training_hook=_training_hook(env),
             score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.0),
             max_regions=_int(env, "MODEL_MAX_REGIONS", 50, minimum=1),

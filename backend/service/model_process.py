@@ -12,8 +12,9 @@ imports torch): a spawned child process (at lower CPU priority) owns an in-proce
 * child -> parent: ``("status", status, load_seconds)``, ``("started", id)``,
   ``("result", id, value)``, ``("error", id, type name, message, models_not_ready)``.
 
-The parent's facade proxies (``segment``, ``predict``) have the same signatures as the real
-facades and return the methods' own result types (``ZeroGuidanceResult``, ``ClassMaskPrediction``:
+The parent's facade proxies (``segment``, ``predict``, the click facade's ``segment``) have the
+same signatures as the real facades and return the methods' own result types
+(``ZeroGuidanceResult``, ``ClassMaskPrediction``, ``ClickResult``:
 numpy arrays and plain values, importable without torch); settings cross as the methods' typed,
 already validated settings objects. The child answers calls one at a time, in order; a training
 run has its own thread there.
@@ -57,6 +58,8 @@ import numpy as np
 
 from ..fmbseg.results import ClassMaskPrediction
 from ..fmbseg.settings import FMbSegSettings
+from ..interactive.results import ClickResult
+from ..interactive.settings import ClickSettings
 from ..zeroguide.results import ZeroGuidanceResult
 from ..zeroguide.settings import ZeroGuideSettings
 from .config import ServiceConfig
@@ -190,8 +193,8 @@ def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[Ser
 
 
 def _call(
-    runtime: ModelRuntime, method: str, settings: ZeroGuideSettings | FMbSegSettings, arguments: dict
-) -> ZeroGuidanceResult | ClassMaskPrediction | list[str] | None:
+    runtime: ModelRuntime, method: str, settings: ZeroGuideSettings | FMbSegSettings | ClickSettings, arguments: dict
+) -> ZeroGuidanceResult | ClassMaskPrediction | ClickResult | list[str] | None:
     wait = max(runtime.config.model_load_wait_s, 1.0)
     runtime.wait_until_ready(wait)
     if method == "segment" and isinstance(settings, ZeroGuideSettings):
@@ -201,6 +204,11 @@ def _call(
         return runtime.fmbseg(settings, project).predict(**arguments)
     if method == "trained_classes" and isinstance(settings, FMbSegSettings):
         return runtime.fmbseg(settings, arguments["project"]).trained_classes()
+    if method == "click" and isinstance(settings, ClickSettings):
+        zero_guidance = arguments.pop("zeroguide_settings")
+        if not isinstance(zero_guidance, ZeroGuideSettings):
+            raise ValueError(f"click needs ZeroGuideSettings, got {type(zero_guidance).__name__}")
+        return runtime.click(zero_guidance, settings).segment(**arguments)
     raise ValueError(f"unknown method {method!r} for {type(settings).__name__}")
 
 
@@ -644,7 +652,13 @@ class ProcessModelRuntime:
         self.wait_until_ready(self.config.model_load_wait_s)
         return _RemotePredictor(self, settings, project)
 
-    def call(self, method: str, settings: ZeroGuideSettings | FMbSegSettings, arguments: dict) -> Any:
+    def click(self, settings: ZeroGuideSettings, click_settings: ClickSettings) -> "_RemoteClicker":
+        self.wait_until_ready(self.config.model_load_wait_s)
+        return _RemoteClicker(self, settings, click_settings)
+
+    def call(
+        self, method: str, settings: ZeroGuideSettings | FMbSegSettings | ClickSettings, arguments: dict
+    ) -> Any:
         """One method call in the child, under the in-flight limit and ``PREDICT_TIMEOUT``."""
         return self._request_resending(
             ("call", method, settings), arguments, deadline_s=self.predict_timeout_s, gated=True
@@ -707,3 +721,34 @@ class _RemotePredictor:
 
     def trained_classes(self) -> list[str] | None:
         return self.runtime.call("trained_classes", self.settings, {"project": self.project})
+
+
+class _RemoteClicker:
+    """An interactive facade whose work runs in the model process."""
+
+    def __init__(
+        self, runtime: ProcessModelRuntime, settings: ZeroGuideSettings, click_settings: ClickSettings
+    ) -> None:
+        self.runtime, self.settings, self.click_settings = runtime, settings, click_settings
+
+    def segment(
+        self,
+        image: np.ndarray,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        classes: Sequence[str] = (),
+        task_key: str | None = None,
+        class_template: str = "a photo of a {}",
+    ) -> ClickResult:
+        arguments = {
+            "zeroguide_settings": self.settings,
+            "image": image,
+            "points": points,
+            "labels": labels,
+            "box": box,
+            "classes": list(classes),
+            "task_key": task_key,
+            "class_template": class_template,
+        }
+        return self.runtime.call("click", self.click_settings, arguments)

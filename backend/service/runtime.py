@@ -3,10 +3,10 @@
 :class:`ModelRuntime` loads the foundation models of ``MODEL_PRESET`` (``backend.models``) off the
 request path, so ``/health`` and ``/setup`` answer in milliseconds while loading takes minutes;
 ``/predict`` waits for it (up to ``MODEL_LOAD_WAIT`` seconds, then 503). It builds the method
-facades (zero-guidance segmenter, FMbSeg predictor) on demand, caches them per settings, and
-serialises inference (the facades keep per-image state): one call at a time, the others wait
-at most ``MODEL_QUEUE_WAIT`` seconds (:class:`CallGate`), then :class:`ModelsBusy` (503 with
-``Retry-After``).
+facades (zero-guidance segmenter, FMbSeg predictor, interactive click segmenter) on demand, caches
+them per settings, and serialises inference (the facades keep per-image state): one call at a time,
+the others wait at most ``MODEL_QUEUE_WAIT`` seconds (:class:`CallGate`), then :class:`ModelsBusy`
+(503 with ``Retry-After``).
 
 The method packages are imported lazily, inside :class:`MethodLibrary`; tests hand the runtime a
 fake library instead, so the service logic is tested without models.
@@ -29,6 +29,8 @@ import numpy as np
 
 from ..fmbseg.results import ClassMaskPrediction
 from ..fmbseg.settings import FMbSegSettings
+from ..interactive.results import ClickResult
+from ..interactive.settings import ClickSettings
 from ..zeroguide.results import ZeroGuidanceResult
 from ..zeroguide.settings import ZeroGuideSettings
 from .config import ServiceConfig
@@ -133,6 +135,11 @@ class MethodLibrary(Protocol):
     def fmbseg(self, models: FoundationModels, settings: FMbSegSettings, checkpoint: Path | None) -> ClassPredictor:
         """The FMbSeg facade for these settings and alignment checkpoint."""
 
+    def click(
+        self, models: FoundationModels, settings: ZeroGuideSettings, click_settings: ClickSettings, describer: Segmenter
+    ) -> Clicker:
+        """The interactive facade; ``describer``: the zero-guidance facade of ``settings`` (reused)."""
+
 
 class Segmenter(Protocol):
     """What the service calls on a zero-guidance facade (``ZeroGuidanceSegmenter``)."""
@@ -150,6 +157,21 @@ class ClassPredictor(Protocol):
     ) -> ClassMaskPrediction: ...
 
     def trained_classes(self) -> list[str] | None: ...
+
+
+class Clicker(Protocol):
+    """What the service calls on an interactive facade (``ClickSegmenter``)."""
+
+    def segment(
+        self,
+        image: np.ndarray,
+        points: np.ndarray | None,
+        labels: np.ndarray | None,
+        box: np.ndarray | None,
+        classes: Sequence[str] = (),
+        task_key: str | None = None,
+        class_template: str = "a photo of a {}",
+    ) -> ClickResult: ...
 
 
 class Runtime(Protocol):
@@ -174,6 +196,8 @@ class Runtime(Protocol):
 
     def fmbseg(self, settings: FMbSegSettings, project: int | None = None) -> ClassPredictor: ...
 
+    def click(self, settings: ZeroGuideSettings, click_settings: ClickSettings) -> Clicker: ...
+
     def forget_facades(self) -> None: ...
 
     def run_training(self, hook: TrainingHook | str, request: TrainingRequest) -> Any: ...
@@ -190,6 +214,7 @@ class DefaultMethodLibrary:
 
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
+        self._embedding_caches: dict[tuple[int, int], Any] = {}
 
     def load_models(self, preset: str, device: str | None) -> FoundationModels:
         from backend.models import load_models
@@ -212,6 +237,19 @@ class DefaultMethodLibrary:
         from backend.fmbseg import FMbSegPredictor
 
         return FMbSegPredictor(models, settings, checkpoint=checkpoint)
+
+    def click(
+        self, models: FoundationModels, settings: ZeroGuideSettings, click_settings: ClickSettings, describer: Segmenter
+    ) -> Clicker:
+        """A ``ClickSegmenter``; every one of this library shares one embedding cache (its bounds
+        are the operator's, the same for every project)."""
+        from backend.interactive import ClickSegmenter, EmbeddingCache
+
+        bounds = (click_settings.embedding_cache_entries, click_settings.embedding_cache_bytes)
+        cache = self._embedding_caches.get(bounds)
+        if cache is None:
+            cache = self._embedding_caches[bounds] = EmbeddingCache(*bounds)
+        return ClickSegmenter(models, settings, click_settings, describer=describer, cache=cache)
 
 
 LOADER_NICENESS = 10
@@ -423,6 +461,14 @@ class ModelRuntime:
         checkpoint = self.checkpoints.path(project)
         key = ("classes", settings.fingerprint(), str(checkpoint), self.checkpoints.version(project))
         return self._facade(key, lambda: self.methods.fmbseg(models, settings, checkpoint))
+
+    def click(self, settings: ZeroGuideSettings, click_settings: ClickSettings) -> Clicker:
+        """The interactive facade (``segment(image, points, labels, box, classes, task_key)``); it
+        names segments with the zero-guidance facade of ``settings``."""
+        models = self.wait_until_ready(self.config.model_load_wait_s)
+        describer = self._zero_guidance_facade(settings, models)
+        key = ("click", settings.fingerprint(), click_settings.fingerprint())
+        return self._facade(key, lambda: self.methods.click(models, settings, click_settings, describer))
 
     def _facade(self, key: tuple, build: Callable[[], Any]) -> Any:
         with self._lock:

@@ -5,6 +5,10 @@ image once, lets every adapter add its regions, validates the result with label-
 ``LabelInterface`` (Label Studio 1.23 rejects a whole batch when one prediction is invalid) and
 isolates failures: a task that fails gets an empty prediction and a logged error, never a failed
 batch.
+
+With Label Studio's interactive context (a smart tool's clicks or box), ``/predict`` answers one
+task with one region instead: :meth:`SegmentationMLBackend.predict_interactive`
+(:mod:`backend.service.interactive`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,16 @@ from .adapters import (
 )
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageFetchError
+from .interactive import (
+    InteractiveContext,
+    InteractiveContextError,
+    check_smart_tools,
+    choose_target,
+    click_settings_for,
+    parse_context,
+    text_result,
+)
+from .method_settings import zero_guidance_settings
 from .ml_base import MLBackendBase, ModelResponse
 from .runtime import ModelsNotReady, Runtime, project_number
 from .training import TrainingCoordinator
@@ -103,6 +117,7 @@ class SegmentationMLBackend(MLBackendBase):
     def setup(self) -> None:
         try:
             self.adapters = detect_adapters(self.label_interface, self.config, self.runtime, self.project)
+            check_smart_tools(self.label_interface, self.config)
         except LabelConfigError as error:
             self.config_error = error
             return
@@ -143,8 +158,9 @@ class SegmentationMLBackend(MLBackendBase):
 
     def predict(self, tasks: list[dict], context: dict | None = None, **kwargs: Any) -> ModelResponse:
         self.check_config()
-        if context:
-            logger.info("interactive context ignored: the methods take no clicks; predicting the whole image")
+        clicks = parse_context(context)  # a malformed context: 400
+        if clicks is not None:
+            return self.predict_interactive(tasks, clicks)
         version = self.model_version
         predictions: list[Any] = []
         warnings: list[str] = []
@@ -223,6 +239,11 @@ class SegmentationMLBackend(MLBackendBase):
                 problems.append(f'<{adapter.tag} name="{adapter.from_name}"> failed: {type(error).__name__}: {error}')
         if problems and len(problems) == len(self.adapters):
             raise RuntimeError("every tag failed: " + "; ".join(problems))
+        return self.checked_prediction(results, version), problems
+
+    def checked_prediction(self, results: list[dict], version: str) -> dict:
+        """``results`` as a prediction, without the regions Label Studio would reject (raises when
+        the whole prediction would be rejected)."""
         results = self.validated(results)
         scores = [r["score"] for r in results if isinstance(r.get("score"), (int, float))]
         prediction = {
@@ -235,7 +256,94 @@ class SegmentationMLBackend(MLBackendBase):
         )
         if errors:
             raise RuntimeError(f"prediction failed validation against the label config: {_clip(errors)}")
-        return prediction, problems
+        return prediction
+
+    # ---- interactive ------------------------------------------------------------------------
+
+    def predict_interactive(self, tasks: list[dict], clicks: InteractiveContext) -> ModelResponse:
+        """One region for the object the annotator clicked (or boxed) in the one task of ``tasks``.
+
+        More tasks, or a context the label config cannot place, are refused (400). A failure
+        while predicting is isolated as for a batch: an empty prediction and a warning.
+        """
+        if len(tasks) != 1:
+            raise InteractiveContextError(
+                f"an interactive request (a context with clicks) takes one task, got {len(tasks)}"
+            )
+        task = tasks[0]
+        version = self.model_version
+        started = time.monotonic()
+        warnings: list[str] = []
+        try:
+            prediction, problems = self.predict_click(task, clicks, version, self._fetcher_for())
+        except (ModelsNotReady, LabelConfigError):
+            raise
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            log = logger.error if isinstance(error, ImageFetchError) else logger.exception
+            log("interactive task (id=%s) failed: %s", task.get("id"), reason)
+            response = ModelResponse(
+                [self.failed_prediction(version)], version, [f"task {task.get('id')}: {reason}"] + self.problems, 1
+            )
+            return response
+        warnings.extend(f"task {task.get('id')}: {problem}" for problem in problems)
+        logger.info(
+            "interactive task (id=%s): %d points, box %s, %d results, %.2f s",
+            task.get("id"),
+            len(clicks.points),
+            clicks.box is not None,
+            len(prediction["result"]),
+            time.monotonic() - started,
+        )
+        return ModelResponse([prediction], version, warnings + self.problems)
+
+    def predict_click(
+        self, task: dict, clicks: InteractiveContext, version: str, fetcher: ImageFetcher
+    ) -> tuple[dict, list[str]]:
+        """The prediction for ``clicks`` on ``task`` (one region and its text), and problems."""
+        data = task.get("data")
+        if not isinstance(data, dict):
+            raise ValueError("task has no 'data' object")
+        target = choose_target(self.adapters, self.label_interface, clicks)
+        adapter = target.adapter
+        reference = data.get(adapter.image_key)
+        if reference is None:
+            raise ImageFetchError(
+                f"task data has no '{adapter.image_key}' (the <Image value=\"${adapter.image_key}\"> field)"
+            )
+        image = fetcher.load(reference)
+        prompts = clicks.prompts_for(image)
+        describing = next(
+            (a for a in self.adapters if a.mode == ZERO_GUIDANCE and a.to_name == adapter.to_name), None
+        )
+        settings = describing.settings if describing is not None else zero_guidance_settings(self.config)
+        clicker = self.runtime.click(settings, click_settings_for(self.label_interface, clicks, self.config))
+        extra = {"class_template": adapter.settings.prompt_template} if target.classes else {}
+        task_id = task.get("id")
+        with self.runtime.inference_lock:
+            result = clicker.segment(
+                image.pixels,
+                prompts.points,
+                prompts.labels,
+                prompts.box,
+                classes=list(target.classes),
+                task_key=None if task_id is None else f"{self.project}:{task_id}",
+                **extra,
+            )
+        mask = image.mask_to_original(result.mask)
+        if not mask.any():
+            return self.checked_prediction([], version), ["SAM found no object at these clicks"]
+        label = target.label_for(result.class_name)
+        score = target.region_score(result.text_score, result.class_score, result.sam_score)
+        shapes = adapter.shape_results(image, mask, label, score)
+        if not shapes:
+            return self.checked_prediction([], version), ["the object is too small for a polygon"]
+        region = shapes[0]  # polygons: the largest connected component
+        results = [region]
+        text, text_area = result.text.strip(), target.text_area_for(label)
+        if text_area is not None and text:
+            results.append(text_result(region, text_area, text))
+        return self.checked_prediction(results, version), []
 
     def validated(self, results: list[dict]) -> list[dict]:
         """``results`` without the regions Label Studio would reject (all results of a bad region id).

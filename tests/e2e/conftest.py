@@ -272,3 +272,51 @@ def artifacts_dir() -> Path:
     """``<repo>/test-artifacts`` (git-ignored): screenshots and logs worth keeping."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@dataclass
+class InteractiveProject:
+    """A project whose ML backend is connected with ``is_interactive`` (``plugin setup --interactive``)."""
+
+    api_key: str
+    project_id: int
+    task_ids: list[int]
+    ml_backend_id: int
+    backend: BackendServer
+
+
+@pytest.fixture(scope="session")
+def interactive_project(label_studio: LabelStudioServer, api_keys, backend_for, e2e_images) -> InteractiveProject:
+    """label_config.xml (with its smart tools), the legacy-key backend connected as interactive,
+    the two images uploaded, no predictions asked for (the clicks are the test)."""
+    if not LABEL_CONFIG.exists():
+        missing_prerequisite(f"{LABEL_CONFIG} is missing")
+    backend = backend_for("legacy")
+    result = run_plugin(
+        [
+            "setup",
+            "--title", "e2e interactive",
+            "--config", str(LABEL_CONFIG),
+            "--backend-url", backend.url,
+            "--interactive",
+            "--images", str(e2e_images),
+            "--no-predictions",
+            "--json",
+        ],
+        label_studio.url,
+        api_keys["legacy"],
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"plugin setup --interactive exited {result.returncode}:\n{result.stdout}{result.stderr}\n"
+            f"--- backend log ---\n{log_tail(backend.process.log_path)}",
+            pytrace=False,
+        )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return InteractiveProject(
+        api_key=api_keys["legacy"],
+        project_id=summary["project_id"],
+        task_ids=summary["created_task_ids"],  # with --no-predictions, "task_ids" lists the tasks before the upload
+        ml_backend_id=summary["backend_id"],
+        backend=backend,
+    )

@@ -128,6 +128,78 @@ def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled,
         page.close()
 
 
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "label-studio-interactive.png"
+
+
+def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(
+    browser, interactive_project, label_studio, artifacts_dir
+):
+    """An annotator turns on Auto-Annotation, picks the smart keypoint tool and its label, clicks the
+    disc: Label Studio asks our backend (interactive-annotating), the mask appears as a region of
+    the nearest class, and selecting it shows its text. The screenshot goes to docs/."""
+    project = interactive_project
+    task_id = project.task_ids[-1]
+    # only what the click brings: the editor does not show (or ask for) pre-labels in this project
+    response = label_studio.api(
+        "PATCH", f"/api/projects/{project.project_id}", token=project.api_key, json={"show_collab_predictions": False}
+    )
+    assert response.status_code == 200, response.text[:500]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", label_studio.email)
+        page.fill("input[name=password]", label_studio.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        page.goto(f"{label_studio.url}/projects/{project.project_id}/data?task={task_id}")
+        page.wait_for_selector("canvas")
+        auto_annotation = page.get_by_text("Auto-Annotation", exact=True)  # shown once the ML backends loaded
+        auto_annotation.wait_for(state="visible")
+        auto_annotation.click()
+        assert page.locator("[data-testid=bottombar-auto-annotation-toggle]").is_checked()
+        auto_accept = page.get_by_text("Auto-Accept Suggestions", exact=True)  # the mask becomes a region at once
+        auto_accept.wait_for(state="visible")
+        auto_accept.click()
+        smart = page.locator(".lsf-tool_smart")
+        smart.first.hover()  # the smart tools unfold
+        page.locator(".lsf-tool_smart[aria-label=key-point-tool]").click()
+        page.locator(".lsf-label", has_text="object").first.click()  # the KeyPointLabels' label (hotkey c)
+
+        stage = page.locator("canvas").nth(1)  # the image's stage, 96x64 shown at its aspect
+        stage.wait_for()
+        before = stage.screenshot()
+        box = stage.bounding_box()
+        with page.expect_response(lambda r: "/interactive-annotating" in r.url) as answer:
+            page.mouse.click(box["x"] + box["width"] * 0.37, box["y"] + box["height"] * 0.49)  # on the disc
+        data = answer.value.json()
+        assert "data" in data, data
+        regions = [item for item in data["data"]["result"] if item["type"] == "brushlabels"]
+        result = data["data"]["result"]
+        texts = [text for item in result if item["type"] == "textarea" for text in item["value"]["text"]]
+        assert len(regions) == 1 and texts, data
+        label = regions[0]["value"]["brushlabels"][0]
+
+        listed = page.locator(".lsf-tree__node_type_brushregion")
+        listed.first.wait_for()
+        assert listed.count() == 1
+        assert label in squashed(listed.first.inner_text())
+        deadline = time.monotonic() + 10
+        while stage.screenshot() == before:  # the mask is drawn over the image
+            assert time.monotonic() < deadline, "the mask never showed on the image"
+            page.wait_for_timeout(100)
+        listed.first.click()
+        details = page.locator(".lsf-detailed-region").first
+        details.wait_for()
+        shown = squashed(details.inner_text())
+        for text in texts:
+            assert squashed(text) in shown, f"text {text!r} not in the selected region's panel {shown!r}"
+    finally:
+        page.screenshot(path=str(artifacts_dir / "browser-interactive.png"))
+        page.close()
+    shutil.copyfile(artifacts_dir / "browser-interactive.png", DOCS_SCREENSHOT)
+
+
 # ------------------------------------------------------------------------------ the rater
 VIEWPORT = {"width": 1400, "height": 900}
 

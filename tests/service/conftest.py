@@ -22,6 +22,8 @@ from PIL import Image
 
 from backend.fmbseg.results import ClassMaskPrediction
 from backend.fmbseg.settings import FMbSegSettings
+from backend.interactive.results import ClickResult
+from backend.interactive.settings import ClickSettings
 from backend.service.config import ServiceConfig
 from backend.zeroguide.results import Segment, ZeroGuidanceResult
 from backend.zeroguide.settings import ZeroGuideSettings
@@ -92,6 +94,39 @@ class FakeFMbSeg:
         return ClassMaskPrediction(label_map, handled, "stage1", "fake", random_weights=True)
 
 
+class FakeClicker:
+    """Interactive stand-in: a square of side ``SIDE`` around each positive click, minus one around
+    each negative click, or the box; the first class is the nearest (score 0.7). Records its calls."""
+
+    SIDE = 8
+
+    def __init__(self, settings: ZeroGuideSettings, click_settings: ClickSettings, describer: object) -> None:
+        self.settings = settings
+        self.click_settings = click_settings
+        self.describer = describer
+        self.calls: list[dict] = []
+
+    def segment(self, image, points, labels, box, classes=(), task_key=None, class_template="a photo of a {}"):
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        self.calls.append(
+            dict(points=points, labels=labels, box=box, classes=list(classes), task_key=task_key,
+                 class_template=class_template, shape=image.shape[:2])
+        )
+        height, width = image.shape[:2]
+        mask = np.zeros((height, width), bool)
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            mask[y0:y1, x0:x1] = True
+        half = self.SIDE // 2
+        for (x, y), label in zip(points if points is not None else [], labels if labels is not None else []):
+            x, y = int(x), int(y)
+            mask[max(0, y - half) : y + half, max(0, x - half) : x + half] = bool(label)
+        classes = list(classes)
+        return ClickResult(
+            mask, "a clicked thing", 0.3, 0.9, classes[0] if classes else None, 0.7 if classes else None
+        )
+
+
 class FakeMethods:
     """A ``MethodLibrary`` without models; ``release`` gates loading (for /health-while-loading)."""
 
@@ -106,6 +141,7 @@ class FakeMethods:
         self.load_calls = 0
         self.segmenters: list[FakeSegmenter] = []
         self.predictors: list[FakeFMbSeg] = []
+        self.clickers: list[FakeClicker] = []
 
     def load_models(self, preset: str, device: str | None) -> object:
         self.load_calls += 1
@@ -123,6 +159,13 @@ class FakeMethods:
         assert isinstance(settings, FMbSegSettings)
         self.predictors.append(FakeFMbSeg(settings, checkpoint, self.trained))
         return self.predictors[-1]
+
+    def click(
+        self, models: object, settings: ZeroGuideSettings, click_settings: ClickSettings, describer: object
+    ) -> FakeClicker:
+        assert isinstance(settings, ZeroGuideSettings) and isinstance(click_settings, ClickSettings)
+        self.clickers.append(FakeClicker(settings, click_settings, describer))
+        return self.clickers[-1]
 
 
 # ---- images ---------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import numpy as np
 
 from backend.fmbseg.results import ClassMaskPrediction
 from backend.fmbseg.settings import FMbSegSettings
+from backend.interactive.results import ClickResult
+from backend.interactive.settings import ClickSettings
 from backend.zeroguide.results import Segment, ZeroGuidanceResult
 from backend.zeroguide.settings import ZeroGuideSettings
 
@@ -101,6 +103,24 @@ class Bands:
         return ClassMaskPrediction(label_map, list(classes), "stage1", "fake", random_weights=True)
 
 
+class BoxClicker:
+    """Interactive stand-in: the box, or the whole image; names it after the settings it got."""
+
+    def __init__(self, settings: ZeroGuideSettings, click_settings: ClickSettings) -> None:
+        self.settings, self.click_settings = settings, click_settings
+
+    def segment(self, image, points, labels, box, classes=(), task_key=None, class_template="a photo of a {}"):
+        mask = np.zeros(image.shape[:2], bool)
+        if box is None:
+            mask[:] = True
+        else:
+            x0, y0, x1, y1 = (int(v) for v in box)
+            mask[y0:y1, x0:x1] = True
+        text = f"pid {os.getpid()} multimask {self.click_settings.multimask_output} task {task_key}"
+        classes = list(classes)
+        return ClickResult(mask, text, 0.25, 0.5, classes[-1] if classes else None, 0.6 if classes else None)
+
+
 class QuickMethods:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
@@ -117,6 +137,9 @@ class QuickMethods:
 
     def fmbseg(self, models: dict, settings: FMbSegSettings, checkpoint) -> Bands:
         return Bands(settings)
+
+    def click(self, models: dict, settings: ZeroGuideSettings, click_settings: ClickSettings, describer) -> BoxClicker:
+        return BoxClicker(settings, click_settings)
 
 
 def quick_library(config) -> QuickMethods:

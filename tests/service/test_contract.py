@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from backend.fmbseg.settings import FMbSegSettings
+from backend.interactive.settings import ClickSettings
 from backend.models.settings import SegmentEncoding
 from backend.service.app import create_app
 from backend.service.config import ServiceConfig
@@ -49,7 +50,8 @@ def class_config(model_settings: str) -> str:
 def test_settings_results_and_the_http_process_import_no_torch():
     code = (
         "import sys, backend.zeroguide.settings, backend.fmbseg.settings, backend.zeroguide.results, "
-        "backend.fmbseg.results, backend.service.app, backend.service.model_process; "
+        "backend.fmbseg.results, backend.interactive.settings, backend.interactive.results, "
+        "backend.service.app, backend.service.model_process, backend.service.interactive; "
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, check=True, timeout=120)
@@ -59,7 +61,13 @@ def test_settings_results_and_the_http_process_import_no_torch():
 
 
 def settings_classes() -> list[type]:
-    return [ZeroGuideSettings, FMbSegSettings, SegmentEncoding, *(settings_class(n) for n in captioner_names())]
+    return [
+        ZeroGuideSettings,
+        FMbSegSettings,
+        ClickSettings,
+        SegmentEncoding,
+        *(settings_class(n) for n in captioner_names()),
+    ]
 
 
 def out_of_bounds(spec) -> list:

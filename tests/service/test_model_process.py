@@ -163,6 +163,27 @@ def test_loading_errors_in_the_child_are_reported(config):
         runtime.stop()
 
 
+def test_a_click_crosses_to_the_child_typed_and_comes_back_as_one_region(process_app):
+    client, runtime, image, _ = process_app
+    smart = '<RectangleLabels name="box" toName="image" smart="true" model_settings=\'{"multimask_output": false}\'>'
+    label_config = CONFIG_XML.replace("</View>", f'{smart}<Label value="object"/></RectangleLabels></View>')
+    body = {
+        "tasks": [{"id": 3, "data": {"image": image}}],
+        "label_config": label_config,
+        "project": "1.1",
+        "params": {"context": {"result": [{"type": "rectanglelabels", "from_name": "box", "to_name": "image",
+                                           "value": {"x": 25, "y": 50, "width": 50, "height": 50}}]}},
+    }
+    reply = client.post("/predict", json=body).json
+    (prediction,) = reply["results"]
+    brush, text = prediction["result"]
+    assert brush["value"]["brushlabels"] == ["sky"] and brush["score"] == 0.6  # the nearest class, its score
+    mask = rle_to_mask(brush["value"]["rle"], 24, 32)
+    assert mask[12:, 8:24].all() and mask.sum() == 12 * 16  # the box, in pixels of the 32x24 image
+    assert text["value"]["text"] == [f"pid {runtime._process.pid} multimask False task 1:3"]
+    assert text["id"] == brush["id"]
+
+
 def test_deadlines_and_limits_from_the_environment():
     from backend.service.model_process import predict_timeout_s
 
