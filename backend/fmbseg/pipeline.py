@@ -14,7 +14,7 @@ from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .inference import align_patch_grid, base_label_map, refined_label_map
-from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
+from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_square
 from .results import ClassMaskPrediction, LabelledMask
 from .settings import FMbSegSettings
 from .training import (
@@ -216,9 +216,11 @@ class FMbSegPredictor:
         source = "stage2-base"
         if refine:
             sam_image = resize_square(image, self.settings.sam_image_size)
-            records = self.models.sam.automatic_masks(sam_image, **self.settings.automatic_mask_options())
+            records = self.models.sam.automatic_masks(
+                sam_image, output_size=image.shape[:2], **self.settings.automatic_mask_options()
+            )
             if records:
-                masks = np.stack([resize_mask(r["segmentation"], image.shape[:2]) for r in records])
+                masks = np.stack([r["segmentation"] for r in records])  # at the image's size
                 label_map = refined_label_map(label_map, masks)
             source = "stage2-refined"
         return ClassMaskPrediction(label_map, classes, source, version, self.models.random_weights)

@@ -252,14 +252,15 @@ class PseudoLabeler:
         if "1.1" in stages:
             similarity = torch.einsum("hwd,kd->khw", dense.patches, text[present])
             point_sets = [top_patch_centers(s, settings.points_per_class, sam_size) for s in similarity]
-            answers = self.models.sam.predict_point_sets(sam_image, point_sets)
+            # the masks come straight at the image's size from SAM's logits (no 518 intermediate)
+            answers = self.models.sam.predict_point_sets(sam_image, point_sets, output_size=image.shape[:2])
             # SAM's input is the image squashed to sam_size: map the prompts back to image pixels
             scale = np.array([image.shape[1] / sam_size[1], image.shape[0] / sam_size[0]], dtype=np.float32)
             for class_index, points, answer in zip(present, point_sets, answers):
                 best = int(np.argmax(answer.scores))
                 result.masks.append(
                     PseudoMask(
-                        mask=resize_mask(answer.masks[best], image.shape[:2]),
+                        mask=answer.masks[best],
                         class_name=classes[class_index],
                         source="1.1",
                         score=float(answer.scores[best]),
@@ -267,12 +268,14 @@ class PseudoLabeler:
                     )
                 )
         if "1.2" in stages:
-            records = self.models.sam.automatic_masks(sam_image, **settings.automatic_mask_options())
+            records = self.models.sam.automatic_masks(
+                sam_image, output_size=image.shape[:2], **settings.automatic_mask_options()
+            )
             if records:
-                stack = np.stack([r["segmentation"] for r in records])
+                stack = np.stack([r["segmentation"] for r in records])  # at the image's size
                 labels, scores = label_masks_by_mean_feature(stack, dense.patches, text[present])
                 for record, label, score in zip(records, labels, scores):
-                    mask = resize_mask(record["segmentation"], image.shape[:2])
+                    mask = record["segmentation"]
                     if mask.any():
                         result.masks.append(PseudoMask(mask, classes[present[int(label)]], "1.2", float(score)))
         return result
