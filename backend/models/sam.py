@@ -22,12 +22,13 @@ the same model weights and the same results (tested against the generator, IoU >
    - the predicted IoU needs only the tokens: masks are upscaled (two transposed 2x2
      convolutions, written as matrix products) only for prompts with a mask above
      ``pred_iou_thresh``, and only those masks are produced.
-3. **Filters on the low-resolution logits.** The predicted-IoU filter and the stability score (and
-   its filter) are computed on the 256x256 logits; only survivors are
-   upsampled, straight to the requested size (SAM's upsampling to 1024, crop and resampling is
-   linear and separable: composed into one matrix per axis, :func:`upsample_logits`), then SAM's
-   area limits, box NMS and small-region clean-up run as in the generator. The stability score on 256x256 logits is close to, not equal to,
-   SAM's on full-resolution logits: a mask near the threshold can fall on the other side.
+3. **Filters on the low-resolution logits.** The predicted-IoU filter and the stability score
+   (and its filter) are computed on the 256x256 logits; only survivors are upsampled, straight
+   to the requested size (SAM's upsampling to 1024, crop and resampling is linear and separable:
+   composed into one matrix per axis, :func:`upsample_logits`), then the area limits, SAM's box
+   NMS and small-region clean-up run as in the generator. The stability score on 256x256 logits
+   is close to, not equal to, SAM's on full-resolution logits: a mask near the threshold can fall
+   on the other side.
 
 Precision: the image encoder's blocks and the decoder's image-token path run in the model's dtype
 (``SamModels.dtype``); the encoder's neck (its LayerNorm2d), the prompt encoder (sines of
@@ -65,8 +66,8 @@ __all__ = [
 
 EMBEDDING_CACHE_SIZE = 2
 DECODE_ELEMENTS = 1 << 25  # prompts per decoder batch: at most this many image-token values (B x N x C)
-UPSCALE_PROMPTS = 16
-ENCODER_BIAS_ELEMENTS = 1 << 24  # relative-position bias values of the image encoder held at once  # prompts upscaled at a time (B x 256 x 256 x C/8 values)
+UPSCALE_PROMPTS = 16  # prompts upscaled at a time (B x 256 x 256 x C/8 values)
+ENCODER_BIAS_ELEMENTS = 1 << 24  # relative-position bias values of the image encoder held at once
 
 
 def build_tiny_sam(image_size: int = 256) -> torch.nn.Module:
@@ -137,7 +138,9 @@ def _encoder_attention(self, x: torch.Tensor) -> torch.Tensor:
         for start in range(0, heads, group):
             chunk = slice(start, start + group)
             bias = (rel_h[:, chunk, ..., :, None] + rel_w[:, chunk, ..., None, :]).reshape(batch, -1, tokens, tokens)
-            parts.append(F.scaled_dot_product_attention(q[:, chunk], k[:, chunk], v[:, chunk], attn_mask=bias, scale=self.scale))
+            parts.append(
+                F.scaled_dot_product_attention(q[:, chunk], k[:, chunk], v[:, chunk], attn_mask=bias, scale=self.scale)
+            )
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     out = out.to(x.dtype).view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(out.reshape(batch, height, width, -1))
@@ -147,10 +150,10 @@ def prepare_sam(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast a ``Sam`` to ``dtype`` for the heavy parts, keeping the delicate ones float32 (in place).
 
     ``dtype`` parts: the image encoder's patch embedding and blocks (their attention rewritten,
-    :func:`_encoder_attention`), the mask decoder's transformer and upscaling. float32: the pixel normalisation, the encoder's neck (convolutions and
-    LayerNorm2d; a pre-hook casts its input), the prompt encoder, the IoU head and the
-    hypernetwork MLPs. ``model.image_encoder(x)`` then takes ``dtype`` pixels and returns a float32
-    embedding.
+    :func:`_encoder_attention`), the mask decoder's transformer and upscaling. float32: the pixel
+    normalisation, the encoder's neck (convolutions and LayerNorm2d; a pre-hook casts its input),
+    the prompt encoder, the IoU head and the hypernetwork MLPs. ``model.image_encoder(x)`` then
+    takes ``dtype`` pixels and returns a float32 embedding.
     """
     model.to(dtype)
     if dtype != torch.float32:
@@ -524,7 +527,9 @@ class AutomaticMaskOptions:
         known = {f for f in cls.__dataclass_fields__ if not f.startswith("_")}
         unknown = sorted(set(options) - known)
         if unknown:
-            raise ValueError(f"automatic masks: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"automatic masks: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         result = cls(**options)
         if (result.points_per_side is None) == (result.point_grids is None):
             raise ValueError("automatic masks: give exactly one of points_per_side and point_grids")
@@ -650,7 +655,8 @@ class SamModels:
                 for row, index in enumerate(indices):
                     logits = upsample_logits(low_res[row], embedding.input_size, self.image_size, output_size)
                     masks = (logits > self.model.mask_threshold).cpu().numpy()
-                    results[index] = PointPromptResult(masks=masks, scores=iou[row, 1:].cpu().numpy().astype(np.float32))
+                    scores = iou[row, 1:].cpu().numpy().astype(np.float32)
+                    results[index] = PointPromptResult(masks=masks, scores=scores)
         return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------- automatic
@@ -777,7 +783,9 @@ def _remove_small_regions(masks: np.ndarray, boxes: np.ndarray, min_area: int, n
         scores.append(float(not (changed_holes or changed_islands)))
     stack = torch.as_tensor(np.stack(new_masks))
     new_boxes = batched_mask_to_box(stack)
-    keep = batched_nms(new_boxes.float(), torch.as_tensor(scores), torch.zeros(len(new_boxes)), iou_threshold=nms_thresh)
+    keep = batched_nms(
+        new_boxes.float(), torch.as_tensor(scores), torch.zeros(len(new_boxes)), iou_threshold=nms_thresh
+    )
     keep_np = keep.numpy()
     out_boxes = boxes.copy()
     changed = np.asarray(scores) == 0.0

@@ -63,7 +63,9 @@ def test_low_resolution_logits_equal_the_predictors(tiny, image):
     assert all(mask_iou(a, b) >= 0.99 for a, b in zip(answer.masks, masks > 0))
 
 
-@pytest.mark.parametrize("image_shape, output_size", [((40, 52), (40, 52)), ((300, 200), (300, 200)), ((64, 64), (97, 31))])
+@pytest.mark.parametrize(
+    "image_shape, output_size", [((40, 52), (40, 52)), ((300, 200), (300, 200)), ((64, 64), (97, 31))]
+)
 def test_upsampling_straight_to_the_output_equals_sams_two_steps(tiny, image_shape, output_size):
     model, _ = tiny
     low_res = torch.randn(3, 1, 64, 64)
