@@ -108,7 +108,11 @@ class TransformerBlock(nn.Module):
 
 
 class AlignmentModule(nn.Module):
-    """M: (B, N, C_in) or (N, C_in) patch features -> same leading shape x D, unit norm."""
+    """M: (B, N, C_in) or (N, C_in) patch features -> same leading shape x D, unit norm.
+
+    The input is cast to the weights' dtype (float32 for training; a bfloat16 copy may serve, see
+    ``FMbSegPredictor.load_checkpoint``); the output is normalised in float32 (or float64).
+    """
 
     def __init__(self, config: AlignmentModuleConfig) -> None:
         super().__init__()
@@ -137,7 +141,10 @@ class AlignmentModule(nn.Module):
         single_image = patch_features.ndim == 2
         x = patch_features[None] if single_image else patch_features
         x = x.to(next(self.parameters()).dtype)
-        z = F.normalize(self.projection(self.block(x)), dim=-1)  # z = M(x), ||z|| = 1
+        z = self.projection(self.block(x))
+        if z.dtype in (torch.bfloat16, torch.float16):
+            z = z.float()  # normalised (and returned) in float32
+        z = F.normalize(z, dim=-1)  # z = M(x), ||z|| = 1
         return z[0] if single_image else z
 
     def extra_repr(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from pathlib import Path
@@ -46,6 +47,7 @@ class FMbSegPredictor:
         self.settings = settings or FMbSegSettings.for_preset(models.method_overrides("fmbseg"))
         self.pseudo_labeler = PseudoLabeler(models, self.settings)
         self._checkpoint: AlignmentCheckpoint | None = None
+        self._serving_module: torch.nn.Module | None = None  # the checkpoint's module in the models' dtype
         self._lock = threading.Lock()
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
@@ -75,8 +77,13 @@ class FMbSegPredictor:
             )
         check_feature_settings(checkpoint, self.settings.to_dict())
         checkpoint.module.to(self.models.device).eval()
+        serving = checkpoint.module
+        dtype = getattr(self.models, "dtype", torch.float32)
+        if dtype != torch.float32:  # a copy: the checkpoint's own module stays float32 (training resumes from it)
+            serving = copy.deepcopy(checkpoint.module).to(dtype).eval()
         with self._lock:
             self._checkpoint = checkpoint
+            self._serving_module = serving
         return checkpoint
 
     def trained_classes(self) -> list[str] | None:
@@ -200,7 +207,7 @@ class FMbSegPredictor:
             raise ValueError("the class list is empty")
         refine = self.settings.refine if refine is None else refine
         with self._lock:
-            checkpoint = self._checkpoint
+            checkpoint, module = self._checkpoint, self._serving_module
         version = self.model_version
         if checkpoint is None:
             label_map = self.pseudo_label(image, classes).label_map()
@@ -211,7 +218,7 @@ class FMbSegPredictor:
                 "retrain for these classes, or predict with the checkpoint's class list"
             )
         with torch.inference_mode():
-            patches = align_patch_grid(checkpoint.module, self.patch_features(image))
+            patches = align_patch_grid(module, self.patch_features(image))
             label_map = base_label_map(patches, self.text_embeddings(classes), image.shape[:2])
         source = "stage2-base"
         if refine:
