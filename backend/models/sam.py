@@ -65,9 +65,9 @@ __all__ = [
 ]
 
 EMBEDDING_CACHE_SIZE = 2
-DECODE_ELEMENTS = 1 << 25  # prompts per decoder batch: at most this many image-token values (B x N x C)
+DECODE_ELEMENTS = 1 << 24  # prompts per decoder batch: at most this many image-token values (B x N x C)
 UPSCALE_PROMPTS = 16  # prompts upscaled at a time (B x 256 x 256 x C/8 values)
-ENCODER_BIAS_ELEMENTS = 1 << 24  # relative-position bias values of the image encoder held at once
+ENCODER_LOGITS = 1 << 20  # attention logits of the image encoder computed at a time (4 MB in float32)
 
 
 def build_tiny_sam(image_size: int = 256) -> torch.nn.Module:
@@ -112,37 +112,50 @@ def _neck_in_float32(module: torch.nn.Module, args: tuple) -> tuple:
 
 
 def _encoder_attention(self, x: torch.Tensor) -> torch.Tensor:
-    """SAM's image-encoder ``Attention.forward`` with float32 SDPA, a few heads at a time.
+    """SAM's image-encoder ``Attention.forward``, a block of query rows at a time.
 
-    The same function as segment-anything's (softmax(q k^T scale + rel_h + rel_w) v, the decomposed
-    relative positions computed from the unscaled queries), but the softmax runs in float32
-    whatever the weights' dtype, the attention runs fused, and the (N x N) logits are never held
-    for all heads at once (the global blocks' 64 x 64 grid: 12 x 4096^2 logits, 0.8 GB in float32):
-    heads are taken in groups of at most ``ENCODER_BIAS_ELEMENTS`` bias values.
+    The same function as segment-anything's, softmax(q k^T scale + rel_h + rel_w) v with the
+    decomposed relative positions computed from the unscaled queries, but the (N x N) logits are
+    never held for all heads at once (the global blocks' 64 x 64 grid: 12 x 4096^2 logits, 0.8 GB in
+    float32): about ``ENCODER_LOGITS`` logits at a time, which stay in the CPU's cache. The
+    products q k^T and P v run in the weights' dtype; the relative-position terms, their sum with
+    the logits and the softmax run in float32.
     """
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     batch, height, width, _ = x.shape
     tokens = height * width
     heads = self.num_heads
-    qkv = self.qkv(x).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4).float()
-    q, k, v = qkv.unbind(0)  # (B, heads, N, d) float32
-    if not self.use_rel_pos:
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-    else:
-        grid = q.reshape(batch, heads, height, width, -1)
-        rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid, get_rel_pos(height, height, self.rel_pos_h).float())
-        rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid, get_rel_pos(width, width, self.rel_pos_w).float())
-        group = max(1, min(heads, ENCODER_BIAS_ELEMENTS // (batch * tokens * tokens)))
-        parts = []
-        for start in range(0, heads, group):
-            chunk = slice(start, start + group)
-            bias = (rel_h[:, chunk, ..., :, None] + rel_w[:, chunk, ..., None, :]).reshape(batch, -1, tokens, tokens)
-            parts.append(
-                F.scaled_dot_product_attention(q[:, chunk], k[:, chunk], v[:, chunk], attn_mask=bias, scale=self.scale)
-            )
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    out = out.to(x.dtype).view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4)
+    dtype = x.dtype
+    qkv = self.qkv(x).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = (t.reshape(batch * heads, tokens, -1) for t in qkv.unbind(0))  # (B heads, N, d)
+    rel_h = rel_w = None
+    if self.use_rel_pos:
+        grid = q.float().reshape(batch * heads, height, width, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", grid, get_rel_pos(height, height, self.rel_pos_h).float())
+        rel_w = torch.einsum("bhwc,wkc->bhwk", grid, get_rel_pos(width, width, self.rel_pos_w).float())
+        rel_h, rel_w = rel_h.reshape(batch * heads, tokens, height), rel_w.reshape(batch * heads, tokens, width)
+    q = q * self.scale
+    keys_t = k.transpose(1, 2)  # (B heads, d, N)
+    out = torch.empty(q.shape, dtype=dtype, device=q.device)
+
+    def attend(pairs: slice, rows: slice) -> None:
+        logits = torch.matmul(q[pairs, rows], keys_t[pairs]).float()  # (p, r, N)
+        if rel_h is not None:
+            grid_logits = logits.view(logits.shape[0], logits.shape[1], height, width)
+            grid_logits.add_(rel_h[pairs, rows, :, None]).add_(rel_w[pairs, rows, None, :])
+        out[pairs, rows] = torch.matmul(torch.softmax(logits, dim=-1).to(dtype), v[pairs])
+
+    if tokens * tokens <= ENCODER_LOGITS:  # small windows: several (window, head) pairs at a time
+        step = ENCODER_LOGITS // (tokens * tokens)
+        for start in range(0, batch * heads, step):
+            attend(slice(start, start + step), slice(None))
+    else:  # global attention: one head, some query rows at a time
+        step = max(1, ENCODER_LOGITS // tokens)
+        for pair in range(batch * heads):
+            for start in range(0, tokens, step):
+                attend(slice(pair, pair + 1), slice(start, start + step))
+    out = out.view(batch, heads, height, width, -1).permute(0, 2, 3, 1, 4)
     return self.proj(out.reshape(batch, height, width, -1))
 
 
@@ -243,6 +256,7 @@ class PromptDecoder:
         self.transformer = self.decoder.transformer
         self.dtype = next(self.transformer.parameters()).dtype
         self._dense_pe: torch.Tensor | None = None
+        self._pe_projections: dict[tuple[int, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ inputs
     def dense_pe(self) -> torch.Tensor:
@@ -287,10 +301,19 @@ class PromptDecoder:
         out = out.transpose(1, 2).reshape(batch, tokens, -1).float()
         return _linear(out, attention.out_proj)
 
-    def _pe_scores(self, folded: torch.Tensor) -> torch.Tensor:
-        """(B, R, C) folded rows -> (B, R, N) their products with the positional encoding (one GEMM)."""
-        batch, rows, channels = folded.shape
-        return torch.matmul(folded.reshape(batch * rows, channels), self.dense_pe().T).reshape(batch, rows, -1)
+    def _pe_scores(self, attention, which: str, vectors: torch.Tensor) -> torch.Tensor:
+        """(B, h, T, d) per-head vectors -> (B, h T, N): their products with the positional
+        encoding's key (``which="k"``) or query (``"q"``) projection, W pe^T, computed once per
+        model (no bias: the bias terms are added, or cancel, elsewhere)."""
+        key = (id(attention), which)
+        if key not in self._pe_projections:
+            layer = attention.k_proj if which == "k" else attention.q_proj
+            projected = F.linear(self.dense_pe().float(), layer.weight.float())  # (N, C_int)
+            per_head = _heads(projected[None], attention.num_heads)[0]  # (h, N, d)
+            self._pe_projections[key] = per_head.transpose(1, 2).contiguous().to(self.dtype)  # (h, d, N)
+        batch, heads, tokens, _ = vectors.shape
+        scores = torch.matmul(vectors.to(self.dtype), self._pe_projections[key])  # (B, h, T, N)
+        return scores.reshape(batch, heads * tokens, -1)
 
     def _tokens_to_image(self, attention, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """Token-to-image attention over per-prompt image tokens ``keys`` (B, N, C), projections folded.
@@ -302,10 +325,10 @@ class PromptDecoder:
         heads = attention.num_heads
         q = _heads(_linear(queries, attention.q_proj), heads)  # (B, h, T, d)
         head_dim = q.shape[-1]
+        q = q / math.sqrt(head_dim)
         w_k = attention.k_proj.weight.float().reshape(heads, head_dim, -1)  # (h, d, C)
-        folded = torch.einsum("bhtd,hdc->bhtc", q / math.sqrt(head_dim), w_k).reshape(batch, heads * tokens, -1)
-        folded = folded.to(self.dtype)
-        scores = torch.baddbmm(self._pe_scores(folded), folded, keys.transpose(1, 2))  # (B, hT, N)
+        folded = torch.einsum("bhtd,hdc->bhtc", q, w_k).reshape(batch, heads * tokens, -1).to(self.dtype)
+        scores = torch.baddbmm(self._pe_scores(attention, "k", q), folded, keys.transpose(1, 2))  # (B, hT, N)
         weights = torch.softmax(scores.float(), dim=-1).to(self.dtype)
         mixed = torch.bmm(weights, keys).reshape(batch, heads, tokens, -1).float()  # P_h x
         w_v = attention.v_proj.weight.float().reshape(heads, head_dim, -1)  # (h, d, C)
@@ -343,7 +366,7 @@ class PromptDecoder:
             w_q = attention.q_proj.weight.float().reshape(heads, head_dim, -1)  # (h, d, C)
             folded = torch.einsum("bhtd,hdc->bhtc", k, w_q).reshape(batch, heads * tokens, -1).to(self.dtype)
             constant = torch.einsum("bhtd,hd->bht", k, attention.q_proj.bias.float().reshape(heads, head_dim))
-            base = self._pe_scores(folded) + constant.reshape(batch, heads * tokens, 1).to(self.dtype)
+            base = self._pe_scores(attention, "q", k) + constant.reshape(batch, heads * tokens, 1).to(self.dtype)
             scores = torch.baddbmm(base, folded, keys.transpose(1, 2))  # (B, hT, N)
         count = scores.shape[-1]
         weights = torch.softmax(scores.float().reshape(batch, heads, tokens, count), dim=2)  # over the T tokens
