@@ -118,7 +118,15 @@ def _build_timm(
     except Exception as error:
         expected = f"timm weights for {spec.name} (Hugging Face hub id timm/{spec.name}, or a local file)"
         raise MissingWeightsError(f"timm {spec.name}", expected, spec.env_var, cause=str(error)) from error
-    return model.to(device=device, dtype=dtype).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        # PyTorch's fused CPU attention does not multiply bfloat16 natively: its plain path (q k^T,
+        # softmax with float32 statistics, P v: bfloat16 products) runs 1.3x faster (DINOv2 ViT-S/14
+        # at 518 on AVX-512-BF16), same numbers to a cosine of 0.99999 per token.
+        for module in model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = False
+    return model
 
 
 def _build_sam(
