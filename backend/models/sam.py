@@ -65,7 +65,7 @@ __all__ = [
 ]
 
 EMBEDDING_CACHE_SIZE = 2
-DECODE_ELEMENTS = 1 << 24  # prompts per decoder batch: at most this many image-token values (B x N x C)
+DECODE_BYTES = 1 << 25  # prompts per decoder batch: image tokens (B x N x C) of at most 32 MB
 UPSCALE_PROMPTS = 16  # prompts upscaled at a time (B x 256 x 256 x C/8 values)
 ENCODER_LOGITS = 1 << 20  # attention logits of the image encoder computed at a time (4 MB in float32)
 
@@ -645,7 +645,8 @@ class SamModels:
 
     def _batch_size(self, embedding: SamEmbedding, requested: int) -> int:
         _, channels, h, w = embedding.features.shape
-        return max(1, min(requested, DECODE_ELEMENTS // (channels * h * w)))
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return max(1, min(requested, DECODE_BYTES // (channels * h * w * itemsize)))
 
     # ---------------------------------------------------------------- points
     def predict_points(self, image: np.ndarray, points_xy: np.ndarray) -> PointPromptResult:
