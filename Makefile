@@ -33,8 +33,10 @@ test: install e2e-deps
 unit: install
 	$(VENV)/bin/python -m pytest -m "not e2e and not browser"
 
+## Every benchmark (bench/results/*.json), then the end-to-end table (ratios to SAM's set_image).
 bench: install
 	for b in bench/bench_*.py; do PYTHONPATH=. $(VENV)/bin/python $$b || exit 1; done
+	PYTHONPATH=. $(VENV)/bin/python bench/report.py
 
 ## Debian's Docker engine, docker-compose and debootstrap, and a running dockerd (root).
 docker-deps:

@@ -102,13 +102,23 @@ class TransformerBlock(nn.Module):
         qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
         # softmax(q k^T / sqrt(head_dim)) v over the patches of one image
-        attended = F.scaled_dot_product_attention(query, key, value)
+        if query.dtype == torch.bfloat16 and query.device.type == "cpu":
+            # the fused CPU kernel does not multiply bfloat16 natively; the plain path does (the
+            # softmax keeps float32 statistics): the served bfloat16 copy, see load_checkpoint
+            scores = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1))
+            attended = torch.matmul(torch.softmax(scores, dim=-1), value)
+        else:
+            attended = F.scaled_dot_product_attention(query, key, value)
         x = x + self.attention_projection(attended.transpose(1, 2).reshape(batch, tokens, dim))
         return x + self.mlp(self.norm2(x))
 
 
 class AlignmentModule(nn.Module):
-    """M: (B, N, C_in) or (N, C_in) patch features -> same leading shape x D, unit norm."""
+    """M: (B, N, C_in) or (N, C_in) patch features -> same leading shape x D, unit norm.
+
+    The input is cast to the weights' dtype (float32 for training; a bfloat16 copy may serve, see
+    ``FMbSegPredictor.load_checkpoint``); the output is normalised in float32 (or float64).
+    """
 
     def __init__(self, config: AlignmentModuleConfig) -> None:
         super().__init__()
@@ -137,7 +147,10 @@ class AlignmentModule(nn.Module):
         single_image = patch_features.ndim == 2
         x = patch_features[None] if single_image else patch_features
         x = x.to(next(self.parameters()).dtype)
-        z = F.normalize(self.projection(self.block(x)), dim=-1)  # z = M(x), ||z|| = 1
+        z = self.projection(self.block(x))
+        if z.dtype in (torch.bfloat16, torch.float16):
+            z = z.float()  # normalised (and returned) in float32
+        z = F.normalize(z, dim=-1)  # z = M(x), ||z|| = 1
         return z[0] if single_image else z
 
     def extra_repr(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from pathlib import Path
@@ -14,7 +15,7 @@ from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .inference import align_patch_grid, base_label_map, refined_label_map
-from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_mask, resize_square
+from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_square, timed
 from .results import ClassMaskPrediction, LabelledMask
 from .settings import FMbSegSettings
 from .training import (
@@ -46,6 +47,7 @@ class FMbSegPredictor:
         self.settings = settings or FMbSegSettings.for_preset(models.method_overrides("fmbseg"))
         self.pseudo_labeler = PseudoLabeler(models, self.settings)
         self._checkpoint: AlignmentCheckpoint | None = None
+        self._serving_module: torch.nn.Module | None = None  # the checkpoint's module in the models' dtype
         self._lock = threading.Lock()
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
@@ -75,8 +77,13 @@ class FMbSegPredictor:
             )
         check_feature_settings(checkpoint, self.settings.to_dict())
         checkpoint.module.to(self.models.device).eval()
+        serving = checkpoint.module
+        dtype = getattr(self.models, "dtype", torch.float32)
+        if dtype != torch.float32:  # a copy: the checkpoint's own module stays float32 (training resumes from it)
+            serving = copy.deepcopy(checkpoint.module).to(dtype).eval()
         with self._lock:
             self._checkpoint = checkpoint
+            self._serving_module = serving
         return checkpoint
 
     def trained_classes(self) -> list[str] | None:
@@ -100,10 +107,14 @@ class FMbSegPredictor:
 
     # ---------------------------------------------------------------- stage 1
     def pseudo_label(
-        self, image: np.ndarray, classes: Sequence[str], image_labels: Sequence[str] | None = None
+        self,
+        image: np.ndarray,
+        classes: Sequence[str],
+        image_labels: Sequence[str] | None = None,
+        timings: dict[str, float] | None = None,
     ) -> PseudoLabels:
-        """Stage 1.1 + 1.2 pseudo-labels for one image."""
-        return self.pseudo_labeler(image, classes, image_labels=image_labels)
+        """Stage 1.1 + 1.2 pseudo-labels for one image (``timings``: see ``PseudoLabeler``)."""
+        return self.pseudo_labeler(image, classes, image_labels=image_labels, timings=timings)
 
     # ---------------------------------------------------------------- stage 2
     def patch_features(self, image: np.ndarray) -> torch.Tensor:
@@ -186,13 +197,16 @@ class FMbSegPredictor:
         classes: Sequence[str],
         refine: bool | None = None,
         open_vocabulary: bool = False,
+        timings: dict[str, float] | None = None,
     ) -> ClassMaskPrediction:
         """Class masks for ``classes`` (the vocabulary, e.g. a Label Studio project's labels).
 
         With an alignment checkpoint the class list must hold the same classes as the checkpoint
         (any order), unless ``open_vocabulary``: the module maps patches into CLIP's text space,
         so any class list can be scored (the paper's zero-shot evaluation on other datasets).
-        Without a checkpoint, Stage 1 pseudo-labels are served.
+        Without a checkpoint, Stage 1 pseudo-labels are served. ``timings``, if given, is filled
+        with the seconds of each step (``dinov2``, ``alignment``, ``label_map``, ``sam_embedding``,
+        ``sam_automatic``, ``overlay``; Stage 1's steps without a checkpoint).
         """
         check_image(image)
         classes = list(dict.fromkeys(classes))
@@ -200,10 +214,10 @@ class FMbSegPredictor:
             raise ValueError("the class list is empty")
         refine = self.settings.refine if refine is None else refine
         with self._lock:
-            checkpoint = self._checkpoint
+            checkpoint, module = self._checkpoint, self._serving_module
         version = self.model_version
         if checkpoint is None:
-            label_map = self.pseudo_label(image, classes).label_map()
+            label_map = self.pseudo_label(image, classes, timings=timings).label_map()
             return ClassMaskPrediction(label_map, classes, "stage1", version, self.models.random_weights)
         if not open_vocabulary and set(classes) != set(checkpoint.classes):
             raise CheckpointError(
@@ -211,14 +225,26 @@ class FMbSegPredictor:
                 "retrain for these classes, or predict with the checkpoint's class list"
             )
         with torch.inference_mode():
-            patches = align_patch_grid(checkpoint.module, self.patch_features(image))
-            label_map = base_label_map(patches, self.text_embeddings(classes), image.shape[:2])
+            with timed(timings, "dinov2"):
+                features = self.patch_features(image)
+            with timed(timings, "alignment"):
+                patches = align_patch_grid(module, features)
+            with timed(timings, "label_map"):
+                label_map = base_label_map(patches, self.text_embeddings(classes), image.shape[:2])
         source = "stage2-base"
         if refine:
             sam_image = resize_square(image, self.settings.sam_image_size)
-            records = self.models.sam.automatic_masks(sam_image, **self.settings.automatic_mask_options())
+            embed = getattr(self.models.sam, "embed", None)
+            if embed is not None:
+                with timed(timings, "sam_embedding"):
+                    embed(sam_image)
+            with timed(timings, "sam_automatic"):
+                records = self.models.sam.automatic_masks(
+                    sam_image, output_size=image.shape[:2], **self.settings.automatic_mask_options()
+                )
             if records:
-                masks = np.stack([resize_mask(r["segmentation"], image.shape[:2]) for r in records])
-                label_map = refined_label_map(label_map, masks)
+                with timed(timings, "overlay"):
+                    masks = np.stack([r["segmentation"] for r in records])  # at the image's size
+                    label_map = refined_label_map(label_map, masks)
             source = "stage2-refined"
         return ClassMaskPrediction(label_map, classes, source, version, self.models.random_weights)

@@ -8,6 +8,8 @@ SAM's automatic masks with the present class nearest to the mask's mean CLIP pat
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -30,6 +32,7 @@ __all__ = [
     "label_masks_by_mean_feature",
     "resize_mask",
     "resize_square",
+    "timed",
 ]
 
 Source = Literal["1.1", "1.2"]
@@ -178,6 +181,17 @@ def label_masks_by_mean_feature(
     return best.indices.cpu().numpy(), best.values.float().cpu().numpy()
 
 
+@contextmanager
+def timed(timings: dict[str, float] | None, name: str):
+    """Add the block's wall-clock seconds to ``timings[name]`` (nothing when ``timings`` is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 4)
+
+
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(h, w) bool -> (H, W) bool; linear interpolation of the 0/1 mask, thresholded at 0.5."""
     if mask.shape == tuple(size):
@@ -215,6 +229,7 @@ class PseudoLabeler:
         classes: Sequence[str],
         image_labels: Sequence[str] | None = None,
         stages: tuple[Source, ...] = ("1.1", "1.2"),
+        timings: dict[str, float] | None = None,
     ) -> PseudoLabels:
         """Pseudo-label one image.
 
@@ -224,6 +239,8 @@ class PseudoLabeler:
             image_labels: image-level labels, if known: the semi-supervised variant, which skips
                 the presence test and prompts SAM for exactly these classes.
             stages: which of Stage 1.1 and 1.2 to run.
+            timings: if given, filled with the seconds of each step (``clip_dense``,
+                ``presence``, ``sam_embedding``, ``sam_points``, ``sam_automatic``, ``labelling``).
         """
         check_image(image)
         classes = list(dict.fromkeys(classes))
@@ -231,9 +248,11 @@ class PseudoLabeler:
             raise ValueError("the class list is empty")
         settings = self.settings
         clip = self.models.clip
-        dense = clip.dense_features(image, DenseClipSettings(settings.clip_image_size, settings.clip_last_block))
-        text = self.text_embeddings(classes)
-        present, votes = detect_present_classes(dense.crop_embeddings, text, settings.presence_min_crops)
+        with timed(timings, "clip_dense"):
+            dense = clip.dense_features(image, DenseClipSettings(settings.clip_image_size, settings.clip_last_block))
+        with timed(timings, "presence"):
+            text = self.text_embeddings(classes)
+            present, votes = detect_present_classes(dense.crop_embeddings, text, settings.presence_min_crops)
         if image_labels is not None:
             unknown = sorted(set(image_labels) - set(classes))
             if unknown:
@@ -249,17 +268,23 @@ class PseudoLabeler:
             return result
         sam_image = resize_square(image, settings.sam_image_size)
         sam_size = (settings.sam_image_size, settings.sam_image_size)
+        embed = getattr(self.models.sam, "embed", None)
+        if embed is not None:  # SAM's encoder once: Stage 1.1 and 1.2 read the cached embedding
+            with timed(timings, "sam_embedding"):
+                embed(sam_image)
         if "1.1" in stages:
-            similarity = torch.einsum("hwd,kd->khw", dense.patches, text[present])
-            point_sets = [top_patch_centers(s, settings.points_per_class, sam_size) for s in similarity]
-            answers = self.models.sam.predict_point_sets(sam_image, point_sets)
+            with timed(timings, "sam_points"):
+                similarity = torch.einsum("hwd,kd->khw", dense.patches, text[present])
+                point_sets = [top_patch_centers(s, settings.points_per_class, sam_size) for s in similarity]
+                # the masks come straight at the image's size from SAM's logits (no 518 intermediate)
+                answers = self.models.sam.predict_point_sets(sam_image, point_sets, output_size=image.shape[:2])
             # SAM's input is the image squashed to sam_size: map the prompts back to image pixels
             scale = np.array([image.shape[1] / sam_size[1], image.shape[0] / sam_size[0]], dtype=np.float32)
             for class_index, points, answer in zip(present, point_sets, answers):
                 best = int(np.argmax(answer.scores))
                 result.masks.append(
                     PseudoMask(
-                        mask=resize_mask(answer.masks[best], image.shape[:2]),
+                        mask=answer.masks[best],
                         class_name=classes[class_index],
                         source="1.1",
                         score=float(answer.scores[best]),
@@ -267,12 +292,16 @@ class PseudoLabeler:
                     )
                 )
         if "1.2" in stages:
-            records = self.models.sam.automatic_masks(sam_image, **settings.automatic_mask_options())
+            with timed(timings, "sam_automatic"):
+                records = self.models.sam.automatic_masks(
+                    sam_image, output_size=image.shape[:2], **settings.automatic_mask_options()
+                )
             if records:
-                stack = np.stack([r["segmentation"] for r in records])
-                labels, scores = label_masks_by_mean_feature(stack, dense.patches, text[present])
+                with timed(timings, "labelling"):
+                    stack = np.stack([r["segmentation"] for r in records])  # at the image's size
+                    labels, scores = label_masks_by_mean_feature(stack, dense.patches, text[present])
                 for record, label, score in zip(records, labels, scores):
-                    mask = resize_mask(record["segmentation"], image.shape[:2])
+                    mask = record["segmentation"]
                     if mask.any():
                         result.masks.append(PseudoMask(mask, classes[present[int(label)]], "1.2", float(score)))
         return result

@@ -32,6 +32,11 @@ class FMbSegSettings(MethodSettings):
         sam_stability_score_thresh: its stability filter (not in the paper: SAM's default 0.95).
         sam_min_mask_region_area: its small-region clean-up in pixels (paper: "constrained by
             size", no value given: 0, SAM's default).
+        sam_min_area_fraction, sam_max_area_fraction: the section 3.2.2 "We constrain the masks by
+            size": a mask covering less than the minimum or more than the maximum fraction of
+            the image is dropped (before SAM's box NMS). The paper gives no
+            values: 0 and None, no limit. Also applied to the refinement's masks (section 3.3:
+            "depending on the hyperparameters set for mask quality and size").
 
     Stage 2, alignment module (section 3.3, appendix 2):
         dinov2_image_size: side of the square image given to DINOv2 (appendix 1.1.4: 518); a
@@ -55,6 +60,8 @@ class FMbSegSettings(MethodSettings):
     sam_points_per_side: int = tunable(32, minimum=1, maximum=64)
     sam_stability_score_thresh: float = tunable(0.95, minimum=0.0, maximum=1.0)
     sam_min_mask_region_area: int = tunable(0, minimum=0, maximum=1_000_000)
+    sam_min_area_fraction: float = tunable(0.0, minimum=0.0, maximum=1.0)
+    sam_max_area_fraction: float | None = tunable(None, minimum=0.0, maximum=1.0, optional=True)
     dinov2_image_size: int = tunable(518, minimum=14, maximum=1036)
     stage12_fraction: float = tunable(0.75, minimum=0.0, maximum=1.0)
     refine: bool = tunable(True)
@@ -70,6 +77,14 @@ class FMbSegSettings(MethodSettings):
             raise ValueError(f"stage12_fraction must be in [0, 1], got {self.stage12_fraction}")
         if not 0.0 <= self.sam_pred_iou_thresh <= 1.0:
             raise ValueError(f"sam_pred_iou_thresh must be in [0, 1], got {self.sam_pred_iou_thresh}")
+        if not 0.0 <= self.sam_min_area_fraction <= 1.0:
+            raise ValueError(f"sam_min_area_fraction must be in [0, 1], got {self.sam_min_area_fraction}")
+        if self.sam_max_area_fraction is not None and not (
+            self.sam_min_area_fraction <= self.sam_max_area_fraction <= 1.0
+        ):
+            raise ValueError(
+                f"sam_max_area_fraction must be None or in [sam_min_area_fraction, 1], got {self.sam_max_area_fraction}"
+            )
         for name in ("clip_image_size", "sam_image_size", "dinov2_image_size", "sam_points_per_side"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -82,10 +97,13 @@ class FMbSegSettings(MethodSettings):
             raise ValueError(f"clip_last_block must be 'value' or 'skip', got {self.clip_last_block!r}")
 
     def automatic_mask_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``SamAutomaticMaskGenerator`` (Stage 1.2 and refinement)."""
+        """Keyword arguments for ``SamModels.automatic_masks`` (Stage 1.2 and refinement):
+        ``SamAutomaticMaskGenerator``'s, plus the area limits."""
         return {
             "points_per_side": self.sam_points_per_side,
             "pred_iou_thresh": self.sam_pred_iou_thresh,
             "stability_score_thresh": self.sam_stability_score_thresh,
             "min_mask_region_area": self.sam_min_mask_region_area,
+            "min_area_fraction": self.sam_min_area_fraction,
+            "max_area_fraction": self.sam_max_area_fraction,
         }

@@ -16,6 +16,8 @@ _EXPORTS = {
     "FoundationModels": "registry",
     "load_models": "registry",
     "resolve_device": "registry",
+    "resolve_dtype": "precision",
+    "DTYPE_CHOICES": "precision",
     "MissingWeightsError": "weights",
 }
 

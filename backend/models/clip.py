@@ -39,10 +39,13 @@ class ClipModel:
     """An open_clip CLIP model with the operations both methods need.
 
     Args:
-        model: an open_clip ``CLIP`` in eval mode.
+        model: an open_clip ``CLIP`` in eval mode, its weights in the dtype it computes in (float32
+            or bfloat16, see :mod:`backend.models.precision`).
         tokenizer: its tokenizer (``open_clip.get_tokenizer``).
         name: architecture and weights, for model versions and caches.
         mean, std: the model's image normalisation.
+
+    Every embedding returned is float32, normalised in float32, whatever the weights' dtype.
     """
 
     def __init__(self, model, tokenizer, name: str, mean: Sequence[float], std: Sequence[float]):
@@ -62,6 +65,10 @@ class ClipModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
     @property
     def embed_dim(self) -> int:
@@ -85,14 +92,14 @@ class ClipModel:
                 self._text_cache.update(zip(chunk, embeddings))
         with self._text_lock:
             if not prompts:
-                return torch.empty(0, self.embed_dim, device=self.device)
+                return torch.empty(0, self.embed_dim, device=self.device, dtype=torch.float32)
             return torch.stack([self._text_cache[p] for p in prompts])
 
     def _encode_text_uncached(self, prompts: list[str]) -> torch.Tensor:
         model = self.model
         tokens = self.tokenizer(prompts).to(self.device)
         if getattr(model, "text_pool_type", "argmax") != "argmax" or not hasattr(model, "token_embedding"):
-            return F.normalize(model.encode_text(tokens), dim=-1)
+            return F.normalize(model.encode_text(tokens).float(), dim=-1)
         # The end-of-text token has the largest id: its position is the last one that matters.
         length = int(tokens.argmax(dim=-1).max()) + 1
         tokens = tokens[:, :length]
@@ -102,21 +109,22 @@ class ClipModel:
         pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         projection = model.text_projection
         pooled = projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection
-        return F.normalize(pooled, dim=-1)
+        return F.normalize(pooled.float(), dim=-1)
 
     # ----------------------------------------------------------------- image
     def _pixels(self, image: np.ndarray, size: int | None = None) -> torch.Tensor:
         size = size or self.input_size
-        return image_to_tensor(image, (size, size), self.mean, self.std).to(self.device)
+        return image_to_tensor(image, (size, size), self.mean, self.std).to(self.device, self.dtype)
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled tokens -> unit-norm float32 embeddings in the joint space."""
         proj = self.model.visual.proj
-        return F.normalize(pooled @ proj if proj is not None else pooled, dim=-1)
+        return F.normalize((pooled @ proj if proj is not None else pooled).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
         """Unit-norm embedding (D,) of the whole image, resized (not cropped) to CLIP's input."""
-        return F.normalize(self.model.encode_image(self._pixels(image)[None]), dim=-1)[0]
+        return F.normalize(self.model.encode_image(self._pixels(image)[None]).float(), dim=-1)[0]
 
     # -------------------------------------------------------------- segments
     @torch.inference_mode()
@@ -158,7 +166,7 @@ class ClipModel:
                 f"masks must be (K, H, W) with (H, W) = {image.shape[:2]}, got {tuple(masks_t.shape)}"
             )
         if masks_t.shape[0] == 0:
-            return torch.empty(0, self.embed_dim, device=self.device)
+            return torch.empty(0, self.embed_dim, device=self.device, dtype=torch.float32)
         masks_t = masks_t.float().clamp(0, 1).to(self.device)
         if settings.method == "crop":
             return self._encode_crops(image, masks_t)
@@ -185,7 +193,7 @@ class ClipModel:
 
     def _encode_crops(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:
         """Crop-and-mask baseline: each segment's bounding box, background set to the mean colour."""
-        pixels = image_to_tensor(image, image.shape[:2], self.mean, self.std).to(self.device)  # (3, H, W)
+        pixels = image_to_tensor(image, image.shape[:2], self.mean, self.std).to(self.device)  # (3, H, W) float32
         crops = []
         for mask in masks:
             ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
@@ -197,7 +205,7 @@ class ClipModel:
             # Normalised pixels are zero at the mean colour: multiplying by the mask fills the background.
             crop = (pixels * mask)[:, y0:y1, x0:x1]
             crops.append(F.interpolate(crop[None], size=(self.input_size,) * 2, mode="bicubic", align_corners=False)[0])
-        return F.normalize(self.model.encode_image(torch.stack(crops)), dim=-1)
+        return F.normalize(self.model.encode_image(torch.stack(crops).to(self.dtype)).float(), dim=-1)
 
     # ----------------------------------------------------------------- dense
     @torch.inference_mode()

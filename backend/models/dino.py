@@ -57,23 +57,29 @@ class DinoKeyExtractor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     def _position_embeddings(self, grid: int) -> torch.Tensor:
+        """Position embeddings resampled to ``grid`` (bicubic in float32), in the model's dtype."""
         with self._lock:
             if grid not in self._pos_cache:
-                pos = self.model.pos_embed
+                pos = self.model.pos_embed.float()
                 cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
                 patch_pos = patch_pos.reshape(1, self.base_grid, self.base_grid, -1).permute(0, 3, 1, 2)
                 patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bicubic", align_corners=True)
                 patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
-                self._pos_cache[grid] = torch.cat([cls_pos, patch_pos], dim=1).detach()
+                self._pos_cache[grid] = torch.cat([cls_pos, patch_pos], dim=1).detach().to(self.dtype)
             return self._pos_cache[grid]
 
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, image_size: int, stride: int) -> torch.Tensor:
-        """Key features (g, g, C) of the image resized to ``image_size`` squared, g = (size - P) / S + 1."""
+        """Key features (g, g, C), float32, of the image resized to ``image_size`` squared, g = (size - P) / S + 1."""
         grid = dense_grid_size(image_size, self.patch_size, stride)
         model = self.model
-        pixels = image_to_tensor(image, (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        pixels = image_to_tensor(image, (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
+        pixels = pixels.to(self.device, self.dtype)
         proj = model.patch_embed.proj
         x = F.conv2d(pixels[None], proj.weight, proj.bias, stride=stride)  # (1, C, g, g)
         x = x.flatten(2).transpose(1, 2)
@@ -89,7 +95,7 @@ class DinoKeyExtractor:
         if hasattr(last.attn, "k_norm"):
             keys = last.attn.k_norm(keys.transpose(1, 2)).transpose(1, 2)
         keys = keys.reshape(batch, tokens, -1)[0, 1:]  # drop the class token
-        return keys.reshape(grid, grid, -1)
+        return keys.reshape(grid, grid, -1).float()
 
 
 class Dinov2Extractor:
@@ -110,19 +116,23 @@ class Dinov2Extractor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
     @torch.inference_mode()
     def __call__(self, image: np.ndarray, image_size: int) -> torch.Tensor:
-        """Patch features (g, g, C) of the image resized to ``image_size`` squared, g = size // patch."""
+        """Patch features (g, g, C), float32, of the image resized to ``image_size`` squared, g = size // patch."""
         return self.batch([image], image_size)[0]
 
     @torch.inference_mode()
     def batch(self, images: list[np.ndarray], image_size: int) -> torch.Tensor:
-        """Patch features (B, g, g, C) of several images."""
+        """Patch features (B, g, g, C), float32, of several images."""
         if image_size % self.patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of the patch size {self.patch_size}")
         pixels = torch.stack(
             [image_to_tensor(im, (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD) for im in images]
-        ).to(self.device)
+        ).to(self.device, self.dtype)
         tokens = self.model.forward_features(pixels)[:, self.model.num_prefix_tokens :]
         grid = image_size // self.patch_size
-        return tokens.reshape(len(images), grid, grid, -1)
+        return tokens.reshape(len(images), grid, grid, -1).float()

@@ -4,6 +4,10 @@ Pure tensor functions plus one function that runs an open_clip ``ResidualAttenti
 segment mask. Nothing here knows which model or image it is used on.
 
 Shapes: ``K`` segments, ``L`` tokens (class token first, then the patch grid), ``C`` channels.
+
+Precision: with bfloat16 weights, the projections run in bfloat16 but the two attentions (the
+softmax with the mask's log), the saliency and the global-subtraction weights run in float32; the
+result is cast back before the output projection.
 """
 
 from __future__ import annotations
@@ -111,9 +115,10 @@ def masked_attention_outputs(
         key_weights: (K, L) mask weights over keys (see :func:`token_masks`).
 
     Returns:
-        (masked, unmasked), each (K, L, C), heads concatenated.
+        (masked, unmasked), each (K, L, C), heads concatenated, float32 whatever the weights' dtype
+        (the masked softmax is computed in float32).
     """
-    q, k, v = project_heads(attention, tokens)
+    q, k, v = (t.float() for t in project_heads(attention, tokens))
     # Eq. 1 as an additive mask: softmax(x + log M); -inf where M = 0 (the class token keeps rows finite).
     log_mask = torch.log(key_weights.to(q.dtype))[:, None, None, :]
     masked = F.scaled_dot_product_attention(q, k, v, attn_mask=log_mask)
@@ -147,10 +152,11 @@ def run_masked_block(
             token's attention output, but the output projection and the MLP (most of a block's
             cost) run for the class token alone.
     """
-    masked, unmasked = masked_attention_outputs(block.attn, block.ln_1(tokens), key_weights)
+    masked, unmasked = masked_attention_outputs(block.attn, block.ln_1(tokens), key_weights)  # float32
     if subtract_global:
         weight = global_subtraction_weight(saliency(unmasked, masked), sigma_squared)
         masked = masked - weight[:, None, None] * unmasked[:, :1, :]
+    masked = masked.to(tokens.dtype)
     if class_token_only:
         tokens, masked = tokens[:, :1], masked[:, :1]
     attended = F.linear(masked, block.attn.out_proj.weight, block.attn.out_proj.bias)

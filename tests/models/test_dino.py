@@ -64,6 +64,7 @@ def test_sam_automatic_masks_tiny(tiny_models, image):
 
 def test_sam_embeds_an_image_once_for_points_and_automatic_masks(tiny_models, image):
     sam = tiny_models.sam
+    sam.forget_images()
     calls = []
     hook = sam.model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
@@ -74,5 +75,10 @@ def test_sam_embeds_an_image_once_for_points_and_automatic_masks(tiny_models, im
         assert len(calls) == 1
         sam.predict_points(image, np.array([[5.0, 5.0]]))
         assert len(calls) == 2
+        sam.automatic_masks(other, points_per_side=2)  # the last two images stay embedded
+        assert len(calls) == 2
+        sam.forget_images()
+        sam.predict_points(other, np.array([[5.0, 5.0]]))
+        assert len(calls) == 3
     finally:
         hook.remove()
