@@ -268,10 +268,23 @@ class PromptDecoder:
 
     def prompt_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, T, C) float32: output tokens then point embeddings (SAM pads one "not a point")."""
-        sparse, _ = self.model.prompt_encoder(points=(coords.float(), labels), boxes=None, masks=None)
+        return self.prompts(coords, labels)[0]
+
+    def prompts(
+        self,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SAM's prompt encoder (float32): the tokens (B, T, C), output tokens first, and the dense
+        embedding (B, C, h, w) of ``masks`` (None without masks: the "no mask" embedding, shared)."""
+        points = None if coords is None else (coords.float(), labels)
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks)
         decoder = self.decoder
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0).float()
-        return torch.cat([output_tokens[None].expand(sparse.shape[0], -1, -1), sparse.float()], dim=1)
+        tokens = torch.cat([output_tokens[None].expand(sparse.shape[0], -1, -1), sparse.float()], dim=1)
+        return tokens, (None if masks is None else dense.float())
 
     def _shared(self, embedding: SamEmbedding) -> dict[str, torch.Tensor]:
         """Per-image tensors of the first block: its image tokens and their projections."""
@@ -377,9 +390,12 @@ class PromptDecoder:
     # -------------------------------------------------------------- transformer
     @torch.inference_mode()
     def transformer_pass(
-        self, embedding: SamEmbedding, tokens: torch.Tensor
+        self, embedding: SamEmbedding, tokens: torch.Tensor, dense: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SAM's ``TwoWayTransformer`` and heads for prompts ``tokens`` (B, T, C).
+
+        ``dense``: the prompts' mask embeddings (B, C, h, w); None: no mask input, and the first
+        block's image tokens (and their projections) are shared by every prompt.
 
         Returns:
             hyper_in (B, M_all, C/8) float32 (one row per mask token), iou (B, M_all) float32, and
@@ -388,9 +404,12 @@ class PromptDecoder:
         shared = self._shared(embedding)
         query_pe = tokens
         queries = tokens
-        keys = shared["keys"]  # (1, N, C): the same for every prompt until the first image update
+        if dense is None:
+            keys = shared["keys"]  # (1, N, C): the same for every prompt until the first image update
+        else:
+            keys = (embedding.features + dense).flatten(2).transpose(1, 2).to(self.dtype)  # (B, N, C)
         for index, layer in enumerate(self.transformer.layers):
-            first = index == 0
+            first = index == 0 and dense is None
             if layer.skip_first_layer_pe:
                 queries = _token_attention(layer.self_attn, queries, queries, queries)
             else:
@@ -682,6 +701,60 @@ class SamModels:
                     scores = iou[row, 1:].cpu().numpy().astype(np.float32)
                     results[index] = PointPromptResult(masks=masks, scores=scores)
         return results  # type: ignore[return-value]
+
+    def predict(
+        self,
+        image: np.ndarray,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        output_size: tuple[int, int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """segment-anything's ``SamPredictor.predict`` on the image's cached embedding (clicks).
+
+        Args:
+            image: (H, W, 3) uint8 RGB; embedded once per content (shared with the methods).
+            point_coords: (P, 2) x, y in image pixels; point_labels: (P,) 1 foreground, 0 background.
+            box: (4,) x0, y0, x1, y1 in image pixels.
+            mask_input: (1, 256, 256) low-resolution logits of an earlier prediction.
+            multimask_output: three masks (True) or one.
+            output_size: (H_out, W_out) of the masks (default: the image's).
+
+        Returns:
+            masks (M, H_out, W_out) bool, predicted IoUs (M,), low-resolution logits (M, 256, 256),
+            as ``SamPredictor.predict`` (M = 3 or 1).
+        """
+        check_image(image)
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        output_size = tuple(output_size or image.shape[:2])
+        with self._lock, torch.inference_mode():
+            embedding = self.embed(image)
+            coords = labels = boxes = masks = None
+            if point_coords is not None:
+                points = np.asarray(point_coords, dtype=np.float32).reshape(-1, 2)
+                coords = self._prompt_coords(points, embedding.original_size)[None].to(self.device)
+                labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64).reshape(1, -1).to(self.device)
+            if box is not None:
+                corners = np.asarray(box, dtype=np.float32).reshape(-1, 4)[:1]
+                boxes = self.transform.apply_boxes(corners, embedding.original_size)
+                boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
+            if mask_input is not None:
+                masks = torch.as_tensor(np.asarray(mask_input), dtype=torch.float32, device=self.device).reshape(
+                    1, 1, *np.shape(mask_input)[-2:]
+                )
+            if coords is None and boxes is None and masks is None:
+                raise ValueError("give at least one prompt: points, a box or a mask")
+            tokens, dense = self._decoder.prompts(coords, labels, boxes, masks)
+            hyper_in, iou, keys = self._decoder.transformer_pass(embedding, tokens, dense)
+            chosen = slice(1, None) if multimask_output else slice(0, 1)
+            grid = tuple(embedding.features.shape[-2:])
+            low_res = self._decoder.upscale(keys, hyper_in[:, chosen], grid)[0]
+            logits = upsample_logits(low_res, embedding.input_size, self.image_size, output_size)
+            masks_out = (logits > self.model.mask_threshold).cpu().numpy()
+            return masks_out, iou[0, chosen].cpu().numpy().astype(np.float32), low_res.cpu().numpy()
 
     # ------------------------------------------------------------- automatic
     def automatic_masks(

@@ -160,3 +160,8 @@ def test_sam_embedding_and_point_masks_agree(pair, scene):
         np.testing.assert_allclose(one.scores, other.scores, atol=0.01)
         for x, y in zip(one.masks, other.masks):
             assert (x & y).sum() >= 0.98 * (x | y).sum()
+    click = {"point_coords": np.array([[30.0, 20.0], [100.0, 70.0]]), "point_labels": np.array([1, 0])}
+    one, other = f32.sam.predict(scene, **click), bf16.sam.predict(scene, **click)  # interactive clicks
+    np.testing.assert_allclose(one[1], other[1], atol=0.01)
+    for x, y in zip(one[0], other[0]):
+        assert (x & y).sum() >= 0.98 * (x | y).sum()

@@ -64,6 +64,35 @@ def test_low_resolution_logits_equal_the_predictors(tiny, image):
 
 
 @pytest.mark.parametrize(
+    "prompts",
+    [
+        {"point_coords": np.array([[10.0, 12.0], [30.0, 20.0]]), "point_labels": np.array([1, 0])},
+        {"box": np.array([5.0, 4.0, 40.0, 30.0])},
+        {"point_coords": np.array([[20.0, 20.0]]), "point_labels": np.array([1]), "box": np.array([5, 4, 40, 30])},
+    ],
+)
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_predict_equals_the_predictors(tiny, image, prompts, multimask_output):
+    """Clicks: SamPredictor.predict's prompts (background points, a box, a mask from a former
+    answer) on the cached embedding."""
+    model, sam = tiny
+    predictor = SamPredictor(model)
+    predictor.set_image(image)
+    theirs = predictor.predict(**prompts, multimask_output=multimask_output)
+    mine = sam.predict(image, **prompts, multimask_output=multimask_output)
+    assert mine[0].shape == theirs[0].shape and mine[0].dtype == bool
+    np.testing.assert_allclose(mine[1], theirs[1], atol=1e-4)
+    np.testing.assert_allclose(mine[2], theirs[2], atol=1e-4)
+    assert all(mask_iou(a, b) >= 0.99 for a, b in zip(mine[0], theirs[0]))
+    best = int(np.argmax(theirs[1]))  # the next click passes the former answer's logits
+    again = {**prompts, "mask_input": theirs[2][best : best + 1]}
+    theirs = predictor.predict(**again, multimask_output=False)
+    mine = sam.predict(image, **again, multimask_output=False)
+    np.testing.assert_allclose(mine[2], theirs[2], atol=1e-4)
+    assert mask_iou(mine[0][0], theirs[0][0]) >= 0.99
+
+
+@pytest.mark.parametrize(
     "image_shape, output_size", [((40, 52), (40, 52)), ((300, 200), (300, 200)), ((64, 64), (97, 31))]
 )
 def test_upsampling_straight_to_the_output_equals_sams_two_steps(tiny, image_shape, output_size):
