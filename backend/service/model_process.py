@@ -110,7 +110,15 @@ class ModelProcessDied(RuntimeError):
 
 
 class _NotStarted(ModelsNotReady):
-    """The model process went away before it started this call: safe to send it again."""
+    """The model process went away before it started this call: safe to send it again.
+
+    ``dead_conn``: the pipe the call could not be sent on, when the child behind it has died but
+    its reader has not yet noticed (the call must wait for *that* child's exit, not its readiness).
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None, dead_conn: Any = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.dead_conn = dead_conn
 
 
 def default_method_library(config: ServiceConfig) -> MethodLibrary:
@@ -267,6 +275,7 @@ class ProcessModelRuntime:
         self._status = "idle"
         self._ready = threading.Event()  # set when the status is final: ready or error
         self._lock = threading.Lock()
+        self._child_gone = threading.Condition(self._lock)  # notified when a child's exit is handled
         self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -433,6 +442,7 @@ class ProcessModelRuntime:
             if self._conn is not conn:
                 return  # an old child, already replaced or stopped
             self._conn = None
+            self._child_gone.notify_all()
             pending, self._pending = self._pending, {}
             reason = self._kill_reason or f"the model process exited (exit code {exitcode})"
             self._kill_reason = None
@@ -546,13 +556,21 @@ class ProcessModelRuntime:
     # ---- requests --------------------------------------------------------------------------
 
     def _request_resending(self, head: tuple, *rest: Any, deadline_s: float | None, gated: bool) -> Any:
-        """:meth:`_request`, sent once more to the next child when the last one died before
-        starting it (it was not the cause)."""
-        try:
-            return self._request(head, *rest, deadline_s=deadline_s, gated=gated)
-        except _NotStarted:
-            self.wait_until_ready(self.config.model_load_wait_s)
-            return self._request(head, *rest, deadline_s=deadline_s, gated=gated)
+        """:meth:`_request`, sent again to the next child whenever the last one died before
+        starting it (it was not the cause), for up to ``MODEL_LOAD_WAIT`` seconds in all."""
+        wait_s = self.config.model_load_wait_s
+        give_up_at = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._request(head, *rest, deadline_s=deadline_s, gated=gated)
+            except _NotStarted as error:
+                left_s = give_up_at - time.monotonic()
+                if left_s <= 0:
+                    raise
+                if error.dead_conn is not None:  # the child died; its reader may not know yet
+                    with self._lock:
+                        self._child_gone.wait_for(lambda: self._conn is not error.dead_conn, left_s)
+                self.wait_until_ready(max(0.0, give_up_at - time.monotonic()))
 
     def _request(self, head: tuple, *rest: Any, deadline_s: float | None, gated: bool) -> Any:
         if not gated:
@@ -576,7 +594,7 @@ class ProcessModelRuntime:
         except (OSError, EOFError) as error:
             with self._lock:
                 self._pending.pop(request_id, None)
-            raise _NotStarted(f"could not reach the model process: {error}") from None
+            raise _NotStarted(f"could not reach the model process: {error}", dead_conn=conn) from None
         except (pickle.PicklingError, TypeError, AttributeError) as error:
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -656,9 +674,7 @@ class ProcessModelRuntime:
         self.wait_until_ready(self.config.model_load_wait_s)
         return _RemoteClicker(self, settings, click_settings)
 
-    def call(
-        self, method: str, settings: ZeroGuideSettings | FMbSegSettings | ClickSettings, arguments: dict
-    ) -> Any:
+    def call(self, method: str, settings: ZeroGuideSettings | FMbSegSettings | ClickSettings, arguments: dict) -> Any:
         """One method call in the child, under the in-flight limit and ``PREDICT_TIMEOUT``."""
         return self._request_resending(
             ("call", method, settings), arguments, deadline_s=self.predict_timeout_s, gated=True
