@@ -77,9 +77,7 @@ class _seeded:
 
 
 # ------------------------------------------------------------------------------ builders
-def _build_clip(
-    spec: ClipSpec, device: torch.device, random_weights: bool = False, dtype: torch.dtype = torch.float32
-):
+def _build_clip(spec: ClipSpec, device: torch.device, random_weights: bool = False, dtype: torch.dtype = torch.float32):
     import open_clip
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
@@ -97,7 +95,9 @@ def _build_clip(
     try:
         model = open_clip.create_model(spec.arch, pretrained=pretrained, device=device)
     except Exception as error:  # a hub that cannot be reached, a corrupt file, ...
-        expected = f"open_clip pretrained={pretrained!r} (a file such as open_clip_pytorch_model.bin or the tag's download)"
+        expected = (
+            f"open_clip pretrained={pretrained!r} (a file such as open_clip_pytorch_model.bin or the tag's download)"
+        )
         raise MissingWeightsError(description, expected, spec.env_var, cause=str(error)) from error
     mean = getattr(model.visual, "image_mean", None) or OPENAI_DATASET_MEAN
     std = getattr(model.visual, "image_std", None) or OPENAI_DATASET_STD
@@ -134,9 +134,7 @@ def _build_timm(
     return model
 
 
-def _build_sam(
-    spec: SamSpec, device: torch.device, random_weights: bool = False, dtype: torch.dtype = torch.float32
-):
+def _build_sam(spec: SamSpec, device: torch.device, random_weights: bool = False, dtype: torch.dtype = torch.float32):
     from segment_anything import sam_model_registry
 
     from .sam import SamModels, build_tiny_sam
@@ -163,7 +161,9 @@ def _build_sam(
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     except Exception as error:
-        raise MissingWeightsError(description, f"a valid {spec.checkpoint} at {path}", spec.env_var, cause=str(error)) from error
+        raise MissingWeightsError(
+            description, f"a valid {spec.checkpoint} at {path}", spec.env_var, cause=str(error)
+        ) from error
     overrides = dict(spec.automatic_overrides)
     return SamModels(model.to(device).eval(), name=f"sam:{spec.kind}", automatic_overrides=overrides, dtype=dtype)
 
@@ -209,7 +209,9 @@ class FoundationModels:
     def _get(self, part: str, build) -> Any:
         with self._lock:
             if part not in self._built:
-                with _seeded(TINY_SEED if self.random_weights else None):
+                # A part is often first used inside a caller's inference_mode; built there, its
+                # weights would be inference tensors, unusable by any later autograd use.
+                with _seeded(TINY_SEED if self.random_weights else None), torch.inference_mode(False):
                     self._built[part] = build()
             return self._built[part]
 

@@ -38,6 +38,18 @@ def test_tiny_weights_are_seeded():
     assert torch.equal(a, b)
 
 
+def test_a_part_first_used_in_inference_mode_still_has_ordinary_weights():
+    # Clicks and predictions run under torch.inference_mode and are often what builds a part;
+    # its weights must still serve a later use with autograd (a reference, a training step).
+    models = FoundationModels("tiny", device="cpu")  # nothing built yet
+    with torch.inference_mode():
+        clip = models.clip
+    assert not any(parameter.is_inference() for parameter in clip.model.parameters())
+    image = torch.rand(1, 3, clip.input_size, clip.input_size)
+    clip.model.encode_image(image).sum().backward()  # raises for inference-mode weights
+    assert clip.model.visual.conv1.weight.grad is not None
+
+
 def test_tiny_shapes(tiny_models):
     image = np.zeros((40, 60, 3), dtype=np.uint8)
     clip = tiny_models.clip
