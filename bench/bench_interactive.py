@@ -6,14 +6,14 @@ real ones), the ``retrieval`` captioner, the six classes of label_config.xml, a 
 
 Each round, on a new task: segment-anything's own ``SamPredictor.set_image`` in float32 (the
 reference, measured in the same run and interleaved with the clicks, so both see the same machine
-load), then the first click (SAM's image embedding at ``ClickSettings.sam_precision``, CLIP's
+load), then the first click (SAM's image embedding in the models' ``DTYPE``, CLIP's
 prefix, prompt decoder, masked CLIP tail, captioner, classes), then the next clicks on the same
 image (more points, a negative one, a box: the prompt decoder and one masked CLIP tail).
 
 Targets (issue 11): next clicks <= 0.3 s on 2 cores; the first click <= 1.0x the float32
 ``set_image``. Writes bench/results/interactive.json.
 
-    PYTHONPATH=. python bench/bench_interactive.py [--rounds 3] [--next-clicks 6] [--precision auto]
+    PYTHONPATH=. python bench/bench_interactive.py [--rounds 3] [--next-clicks 6] [--dtype auto]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from backend.interactive import ClickSegmenter, ClickSettings
-from backend.interactive.pipeline import cpu_flags
+from backend.models.precision import cpu_flags, dtype_name
 from backend.models.registry import FoundationModels
 from backend.zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
 
@@ -166,25 +166,32 @@ def main() -> None:
     parser.add_argument("--next-clicks", type=int, default=6, help="further clicks per image")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--height", type=int, default=768)
-    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"), help="the models' DTYPE")
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     load_start = os.getloadavg()
     torch.manual_seed(0)
-    models = FoundationModels(args.preset, device="cpu", random_weights=True)
+    models = FoundationModels(args.preset, device="cpu", random_weights=True, dtype=args.dtype)
     build_s, _ = timed(lambda: models.load(("clip", "sam")))
     from segment_anything import SamPredictor
 
-    reference = SamPredictor(models.sam.model)  # segment-anything as shipped: float32
+    # segment-anything as shipped, float32: its own SAM when the models compute in another dtype
+    # (prepare_sam changes a bfloat16 SAM in place; a float32 one is left as shipped)
+    reference_models = models
+    if models.dtype != torch.float32:
+        torch.manual_seed(0)
+        reference_models = FoundationModels(args.preset, device="cpu", random_weights=True, dtype="float32")
+        reference_models.load(("sam",))
+    reference = SamPredictor(reference_models.sam.model)
     with tempfile.TemporaryDirectory() as cache:
         settings = ZeroGuideSettings.for_preset(
             models.method_overrides("zeroguide"), captioner_options={"cache_dir": cache}
         )
         describer = ZeroGuidanceSegmenter(models, settings)
         vocabulary_s, _ = timed(describer.warm_up)  # the service does this while loading, once
-        segmenter = ClickSegmenter(models, settings, ClickSettings(sam_precision=args.precision), describer=describer)
+        segmenter = ClickSegmenter(models, settings, ClickSettings(), describer=describer)
         models.clip.encode_text([f"a photo of a {name}" for name in CLASSES])  # once per process in the service
         rounds = []
         for index in range(args.rounds):
@@ -258,7 +265,7 @@ def main() -> None:
         "image": [args.width, args.height],
         "classes": CLASSES,
         "click_settings": segmenter.settings.to_dict(),
-        "sam_precision_used": segmenter.sam_precision(),
+        "dtype": dtype_name(models.dtype),
         "zeroguide_captioner": settings.captioner,
         "summary": summary,
         "rounds": rounds,

@@ -3,11 +3,11 @@
 Per click:
 
 1. SAM's image embedding: from the :class:`EmbeddingCache` (a further click on the same image), or
-   ``SamPredictor.set_image`` once per image (at ``ClickSettings.sam_precision``) and stored.
-   A cached embedding is put back into the predictor through segment-anything's public fields
-   (``features``, ``original_size``, ``input_size``, ``is_image_set``).
-2. ``SamPredictor.predict`` with the points (label 1 positive, 0 negative) and the box; with
-   ``multimask_output`` the highest-scoring of SAM's three masks is kept.
+   ``SamModels.embed`` once per image (in the models' ``DTYPE``, like every other use of SAM)
+   and stored.
+2. ``SamModels.predict`` (segment-anything's ``SamPredictor.predict``) on that embedding with the
+   points (label 1 positive, 0 negative) and the box; with ``multimask_output`` the
+   highest-scoring of SAM's three masks is kept.
 3. The zero-guidance segmenter's ``describe``: the segment's CLIP embedding with masked attention
    and global subtraction (section 3.2), its text (the captioner) and the text's embedding. The
    image's CLIP prefix (the blocks before the first masked one) is cached next to SAM's
@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Hashable, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 import torch
@@ -35,23 +34,13 @@ from .cache import EmbeddingCache, content_hash
 from .results import ClickResult
 from .settings import ClickSettings
 
+if TYPE_CHECKING:
+    from ..models.sam import SamEmbedding
+
 __all__ = ["ClickResult", "ClickSegmenter", "ClickSettings", "DEFAULT_CLASS_TEMPLATE", "check_prompts"]
 
 DEFAULT_CLASS_TEMPLATE = "a photo of a {}"  # FMbSegSettings.prompt_template's default
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned temperature here
-
-
-@dataclass(frozen=True)
-class SamImageState:
-    """What ``SamPredictor.set_image`` computes for one image, to put back later."""
-
-    features: torch.Tensor
-    original_size: tuple[int, int]
-    input_size: tuple[int, int]
-
-    @property
-    def nbytes(self) -> int:
-        return self.features.numel() * self.features.element_size()
 
 
 def check_prompts(
@@ -119,38 +108,15 @@ class ClickSegmenter:
         if cache is None:
             cache = EmbeddingCache(self.settings.embedding_cache_entries, self.settings.embedding_cache_bytes)
         self.cache = cache
-        self._predictor = None
         self._lock = threading.Lock()
 
     @property
     def zeroguide_settings(self) -> ZeroGuideSettings:
         return self.describer.settings
 
-    @property
-    def predictor(self):
-        """segment-anything's ``SamPredictor`` on the preset's SAM, owned by this segmenter: its image
-        state is set from the cache, so it is not shared with the methods' own predictor."""
-        if self._predictor is None:
-            from segment_anything import SamPredictor
-
-            self._predictor = SamPredictor(self.models.sam.model)
-        return self._predictor
-
     def warm_up(self) -> None:
         """Build the captioner (the retrieval captioner embeds its vocabulary once)."""
         self.describer.warm_up()
-
-    def sam_precision(self) -> str:
-        """``"float32"`` or ``"bfloat16"``: what ``sam_precision`` means on this model's device."""
-        choice = self.settings.sam_precision
-        if choice != "auto":
-            return choice
-        device = next(self.models.sam.model.parameters()).device
-        if device.type == "cuda":
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-        if device.type == "cpu":
-            return "bfloat16" if _cpu_has_native_bfloat16() else "float32"
-        return "float32"
 
     # ---- the click -------------------------------------------------------------------------
 
@@ -193,10 +159,15 @@ class ClickSegmenter:
         key = ("image", digest) if task_key is None else task_key
         with self._lock, torch.inference_mode():
             with stage("sam_image"):
-                cached = self._set_image(image, key, digest)
+                embedding, cached = self._sam_embedding(image, key, digest)
             with stage("sam_prompt"):
-                masks, scores, _ = self.predictor.predict(
-                    point_coords=points, point_labels=labels, box=box, multimask_output=self.settings.multimask_output
+                masks, scores, _ = self.models.sam.predict(
+                    image,
+                    point_coords=points,
+                    point_labels=labels,
+                    box=box,
+                    multimask_output=self.settings.multimask_output,
+                    embedding=embedding,
                 )
             masks, scores = np.asarray(masks, bool), np.asarray(scores, np.float32)
             order = [int(i) for i in np.argsort(-scores, kind="stable")]
@@ -228,38 +199,15 @@ class ClickSegmenter:
             timings=timings,
         )
 
-    def _set_image(self, image: np.ndarray, key: Hashable, digest: str) -> bool:
-        """Give the predictor this image's embedding; returns whether it came from the cache."""
-        predictor = self.predictor
-        precision = self.sam_precision()
-        name = ("sam", precision)
-        state: SamImageState | None = self.cache.get(key, digest, name)
-        if state is None:
-            encoder_dtype = next(predictor.model.image_encoder.parameters()).dtype
-            if precision == "bfloat16":
-                autocast = torch.autocast(predictor.device.type, dtype=torch.bfloat16)
-            elif encoder_dtype != torch.float32:  # a SAM already in lower precision: float input through autocast
-                autocast = torch.autocast(predictor.device.type, dtype=encoder_dtype)
-            else:
-                autocast = nullcontext()
-            with autocast:
-                predictor.set_image(image)
-            decoder_dtype = next(predictor.model.mask_decoder.parameters()).dtype
-            state = SamImageState(
-                features=predictor.features.to(decoder_dtype),
-                original_size=tuple(predictor.original_size),
-                input_size=tuple(predictor.input_size),
-            )
-            self.cache.put(key, digest, name, state, state.nbytes)
-            cached = False
-        else:
-            cached = True
-        predictor.reset_image()
-        predictor.features = state.features
-        predictor.original_size = state.original_size
-        predictor.input_size = state.input_size
-        predictor.is_image_set = True
-        return cached
+    def _sam_embedding(self, image: np.ndarray, key: Hashable, digest: str) -> tuple[SamEmbedding, bool]:
+        """SAM's embedding of the image, and whether it came from the cache."""
+        embedding: SamEmbedding | None = self.cache.get(key, digest, "sam")
+        if embedding is not None:
+            return embedding, True
+        embedding = self.models.sam.embed(image)
+        features = embedding.features
+        self.cache.put(key, digest, "sam", embedding, features.numel() * features.element_size())
+        return embedding, False
 
     def _clip_prefix(self, image: np.ndarray, key: Hashable, digest: str) -> torch.Tensor:
         clip = self.models.clip
@@ -287,27 +235,3 @@ def _logit_scale(model) -> float:
     if scale is None:
         return MAX_LOGIT_SCALE
     return float(min(float(torch.as_tensor(scale).float().exp()), MAX_LOGIT_SCALE))
-
-
-def cpu_flags() -> set[str]:
-    """The processor's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def _cpu_has_native_bfloat16() -> bool:
-    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX) and oneDNN can use it.
-
-    Other CPUs emulate bfloat16 products, which is no faster than float32.
-    """
-    try:
-        usable = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        return False
-    return bool(usable) and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 from ..settings import MethodSettings, tunable
 
-__all__ = ["ClickSettings", "SAM_PRECISIONS"]
+__all__ = ["ClickSettings"]
 
-SAM_PRECISIONS = ("auto", "float32", "bfloat16")
 MIB = 1024 * 1024
 
 
@@ -20,11 +19,9 @@ class ClickSettings(MethodSettings):
         multimask_output: ask SAM's prompt decoder for its three masks and keep the one with the
             highest predicted IoU (SAM's advice for a single, ambiguous click); ``False``: its
             single-mask output.
-        sam_precision: the precision of SAM's image encoder, run once per image: ``"float32"``;
-            ``"bfloat16"`` (autocast: matrix products in bfloat16, normalisations in float32);
-            ``"auto"``: bfloat16 where the processor computes it natively (AVX512-BF16 or AMX on
-            a CPU, a CUDA device with bfloat16), else float32. The prompt decoder always runs
-            in float32.
+
+    SAM's precision is the models' (``DTYPE``): a click uses the same SAM, and the same embedding
+    code, as the methods.
 
     The embedding cache (per model process, shared by every project; the operator's only):
         embedding_cache_entries: images whose SAM image embedding (and CLIP prefix) are kept;
@@ -37,13 +34,10 @@ class ClickSettings(MethodSettings):
     """
 
     multimask_output: bool = tunable(True)
-    sam_precision: str = tunable("auto", choices=SAM_PRECISIONS)
     embedding_cache_entries: int = 16
     embedding_cache_bytes: int = 256 * MIB
 
     def __post_init__(self) -> None:
-        if self.sam_precision not in SAM_PRECISIONS:
-            raise ValueError(f"sam_precision must be one of {', '.join(SAM_PRECISIONS)}, got {self.sam_precision!r}")
         for name in ("embedding_cache_entries", "embedding_cache_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -555,8 +555,13 @@ class AutomaticMaskOptions:
     min_area_fraction: float = 0.0
     max_area_fraction: float | None = None
 
-    _UNSUPPORTED = {"crop_n_layers": 0, "crop_nms_thresh": None, "crop_overlap_ratio": None,
-                    "crop_n_points_downscale_factor": None, "output_mode": "binary_mask"}
+    _UNSUPPORTED = {
+        "crop_n_layers": 0,
+        "crop_nms_thresh": None,
+        "crop_overlap_ratio": None,
+        "crop_n_points_downscale_factor": None,
+        "output_mode": "binary_mask",
+    }
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> "AutomaticMaskOptions":
@@ -711,6 +716,7 @@ class SamModels:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         output_size: tuple[int, int] | None = None,
+        embedding: SamEmbedding | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """segment-anything's ``SamPredictor.predict`` on the image's cached embedding (clicks).
 
@@ -721,6 +727,8 @@ class SamModels:
             mask_input: (1, 256, 256) low-resolution logits of an earlier prediction.
             multimask_output: three masks (True) or one.
             output_size: (H_out, W_out) of the masks (default: the image's).
+            embedding: the image's :meth:`embed`, kept by the caller (e.g. a longer-lived click
+                cache); default: :meth:`embed` now.
 
         Returns:
             masks (M, H_out, W_out) bool, predicted IoUs (M,), low-resolution logits (M, 256, 256),
@@ -731,7 +739,7 @@ class SamModels:
             raise ValueError("point_labels must be given with point_coords")
         output_size = tuple(output_size or image.shape[:2])
         with self._lock, torch.inference_mode():
-            embedding = self.embed(image)
+            embedding = embedding or self.embed(image)
             coords = labels = boxes = masks = None
             if point_coords is not None:
                 points = np.asarray(point_coords, dtype=np.float32).reshape(-1, 2)

@@ -38,7 +38,7 @@ def make_segmenter(tiny_models):
     def make(captioner=None, **click_changes) -> ClickSegmenter:
         settings = ZeroGuideSettings.for_preset(tiny_models.method_overrides("zeroguide"))
         describer = ZeroGuidanceSegmenter(tiny_models, settings, captioner=captioner or StubCaptioner())
-        click_settings = ClickSettings(**{"sam_precision": "float32", **click_changes})
+        click_settings = ClickSettings(**click_changes)
         return ClickSegmenter(tiny_models, settings, click_settings, describer=describer)
 
     return make
@@ -79,7 +79,7 @@ def test_a_click_gives_sams_most_confident_mask(tiny_models, make_segmenter):
 
 def test_next_clicks_reuse_the_image_embedding_and_the_clip_prefix(tiny_models, make_segmenter, monkeypatch):
     segmenter = make_segmenter()
-    set_image = Spy(monkeypatch, segmenter.predictor, "set_image")
+    set_image = Spy(monkeypatch, segmenter.models.sam, "embed")
     prefix = Spy(monkeypatch, tiny_models.clip, "segment_prefix")
     encode = Spy(monkeypatch, tiny_models.clip, "encode_segments")
     image = scene()
@@ -98,7 +98,7 @@ def test_next_clicks_reuse_the_image_embedding_and_the_clip_prefix(tiny_models, 
 
 def test_negative_clicks_and_boxes_reach_sam(make_segmenter, monkeypatch):
     segmenter = make_segmenter(multimask_output=False)
-    predict = Spy(monkeypatch, segmenter.predictor, "predict")
+    predict = Spy(monkeypatch, segmenter.models.sam, "predict")
     image = scene()
     segmenter.segment(image, [[20, 30], [70, 60]], [1, 0], [5, 5, 90, 70], task_key="1:1")
     kwargs = predict.calls[0][1]
@@ -110,7 +110,7 @@ def test_negative_clicks_and_boxes_reach_sam(make_segmenter, monkeypatch):
 
 def test_a_changed_image_is_embedded_anew(make_segmenter, monkeypatch):
     segmenter = make_segmenter()
-    set_image = Spy(monkeypatch, segmenter.predictor, "set_image")
+    set_image = Spy(monkeypatch, segmenter.models.sam, "embed")
     segmenter.segment(scene(5), [[20, 30]], [1], None, task_key="1:9")
     segmenter.segment(scene(6), [[20, 30]], [1], None, task_key="1:9")  # the task's image changed
     again = segmenter.segment(scene(6), [[20, 30]], [1], None, task_key="1:9")
@@ -121,7 +121,7 @@ def test_a_changed_image_is_embedded_anew(make_segmenter, monkeypatch):
 
 def test_the_cache_bounds_hold_across_tasks(make_segmenter, monkeypatch):
     segmenter = make_segmenter(embedding_cache_entries=2)
-    set_image = Spy(monkeypatch, segmenter.predictor, "set_image")
+    set_image = Spy(monkeypatch, segmenter.models.sam, "embed")
     for task in (1, 2, 3, 1):
         segmenter.segment(scene(task), [[20, 30]], [1], None, task_key=f"1:{task}")
     assert len(set_image.calls) == 4  # task 1 was evicted by task 3 and is embedded again
@@ -160,12 +160,19 @@ def test_the_nearest_class_and_its_softmax_score(tiny_models, make_segmenter):
     assert 1 / len(classes) <= result.class_score <= 1.0
 
 
-def test_bfloat16_image_embedding_feeds_the_float32_decoder(make_segmenter):
-    segmenter = make_segmenter(sam_precision="bfloat16")
-    result = segmenter.segment(scene(), [[20, 30]], [1], None, task_key="1:1")
-    assert result.mask.shape == (72, 96)
-    assert segmenter.predictor.features.dtype == torch.float32
-    assert make_segmenter(sam_precision="auto").sam_precision() in ("float32", "bfloat16")
+def test_a_click_on_a_bfloat16_sam(make_segmenter):
+    """With DTYPE=bfloat16 (what ``auto`` picks on AVX-512-BF16/AMX), a click runs on the shared,
+    bf16-cast SAM: the mask comes back at the image's size and the embedding is cached."""
+    from backend.models.registry import FoundationModels
+
+    models = FoundationModels("tiny", device="cpu", dtype="bfloat16")
+    settings = ZeroGuideSettings.for_preset(models.method_overrides("zeroguide"))
+    describer = ZeroGuidanceSegmenter(models, settings, captioner=StubCaptioner())
+    segmenter = ClickSegmenter(models, settings, describer=describer)
+    first = segmenter.segment(scene(), [[20, 30]], [1], None, task_key="1:1")
+    again = segmenter.segment(scene(), [[20, 30], [80, 60]], [1, 0], None, task_key="1:1")
+    assert first.mask.shape == again.mask.shape == (72, 96)
+    assert (first.cached, again.cached) == (False, True)
 
 
 def test_the_default_captioner_names_the_click(tiny_models):

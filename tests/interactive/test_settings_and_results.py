@@ -18,17 +18,16 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 def test_defaults_multimask_on_and_a_bounded_cache():
     settings = ClickSettings()
     assert settings.multimask_output is True
-    assert settings.sam_precision == "auto"
     assert settings.embedding_cache_entries >= 1 and settings.embedding_cache_bytes >= 16 * 1024 * 1024
 
 
-def test_a_project_may_set_multimask_and_precision_but_not_the_cache():
-    assert set(tunable_fields(ClickSettings)) == {"multimask_output", "sam_precision"}
-    check_project_overrides(ClickSettings, {"multimask_output": False, "sam_precision": "float32"})
+def test_a_project_may_set_multimask_but_not_the_cache():
+    assert set(tunable_fields(ClickSettings)) == {"multimask_output"}
+    check_project_overrides(ClickSettings, {"multimask_output": False})
     for refused in ({"embedding_cache_bytes": 1}, {"embedding_cache_entries": 10**6}, {"cache": 1}):
-        with pytest.raises(SettingsError, match="a project may set: multimask_output, sam_precision"):
+        with pytest.raises(SettingsError, match="a project may set: multimask_output"):
             check_project_overrides(ClickSettings, refused)
-    with pytest.raises(SettingsError, match="sam_precision"):
+    with pytest.raises(SettingsError, match="sam_precision is not a setting"):  # SAM's precision is DTYPE's
         check_project_overrides(ClickSettings, {"sam_precision": "float16"})
 
 
