@@ -34,7 +34,6 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-
 CPU_TIMES: dict[str, float] = {}  # label -> median process CPU seconds of the timed call
 
 
@@ -115,16 +114,25 @@ def bench_zerocap(clip) -> dict:
     tables_seconds, _ = timed(lambda: (captioner.token_texts, captioner.forbidden_ids))
     plain._token_texts, plain._forbidden_ids = captioner._token_texts, captioner._forbidden_ids
 
-    target = F.normalize(torch.randn(clip.model.text_projection.shape[1], generator=torch.Generator().manual_seed(1)), dim=0)
+    target = F.normalize(
+        torch.randn(clip.model.text_projection.shape[1], generator=torch.Generator().manual_seed(1)), dim=0
+    )
     prompt = [tokenizer.bos_token_id, *tokenizer.encode(settings.prompt)]
     first_context = torch.tensor([prompt])
     # A mid-caption step: 5 beams, 4 generated tokens each.
-    generated = [tokenizer.encode(text) for text in (" dog on the", " red car in", " sandy beach with", " crowd of people", " tall tree next")]
+    generated = [
+        tokenizer.encode(text)
+        for text in (" dog on the", " red car in", " sandy beach with", " crowd of people", " tall tree next")
+    ]
     length = min(len(g) for g in generated)
     beam_context = torch.tensor([prompt + g[:length] for g in generated])
 
-    first_seconds, first_trace = timed(lambda: captioner.next_token_distribution(0, first_context, target), label="first_step")
-    step_seconds, step_trace = timed(lambda: captioner.next_token_distribution(1, beam_context, target), label="step_prefix_cache")
+    first_seconds, first_trace = timed(
+        lambda: captioner.next_token_distribution(0, first_context, target), label="first_step"
+    )
+    step_seconds, step_trace = timed(
+        lambda: captioner.next_token_distribution(1, beam_context, target), label="step_prefix_cache"
+    )
     plain_step_seconds, _ = timed(lambda: plain.next_token_distribution(1, beam_context, target), label="step_plain")
 
     # Parts of one iteration with 5 beams: GPT-2 forward + backward on the shifted cache ...
@@ -134,7 +142,9 @@ def bench_zerocap(clip) -> dict:
 
     def gpt2_iteration():
         shifts = [(torch.zeros_like(k, requires_grad=True), torch.zeros_like(v, requires_grad=True)) for k, v in past]
-        logits = gpt2(beam_context[:, -1:], past_key_values=DynamicCache([(k + a, v + b) for (k, v), (a, b) in zip(past, shifts)])).logits
+        logits = gpt2(
+            beam_context[:, -1:], past_key_values=DynamicCache([(k + a, v + b) for (k, v), (a, b) in zip(past, shifts)])
+        ).logits
         torch.autograd.grad(logits[:, -1].log_softmax(-1)[:, 0].sum(), [t for pair in shifts for t in pair])
 
     gpt2_seconds, _ = timed(gpt2_iteration, repeats=3, label="gpt2_forward_backward")
@@ -147,8 +157,13 @@ def bench_zerocap(clip) -> dict:
     rows = [r for r, row in enumerate(top) for _ in row]
     encoder = captioner.text_encoder
     states_seconds, states = timed(lambda: [encoder.prefix_state(p) for p in prefixes], label="clip_prefix_states")
-    cached_clip_seconds, cached = timed(lambda: encoder.encode_continuations(states, rows, texts, settings.clip_batch_size), label="clip_candidates_prefix_cache")
-    plain_clip_seconds, plain_embeddings = timed(lambda: encoder.encode(texts, batch_size=settings.clip_batch_size), label="clip_candidates_plain")
+    cached_clip_seconds, cached = timed(
+        lambda: encoder.encode_continuations(states, rows, texts, settings.clip_batch_size),
+        label="clip_candidates_prefix_cache",
+    )
+    plain_clip_seconds, plain_embeddings = timed(
+        lambda: encoder.encode(texts, batch_size=settings.clip_batch_size), label="clip_candidates_plain"
+    )
     tokenize_seconds, tokens = timed(lambda: encoder.tokenize(texts))
     max_difference = float((cached - plain_embeddings).abs().max())
 

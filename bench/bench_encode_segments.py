@@ -37,7 +37,9 @@ def separate_passes(clip: ClipModel, image: np.ndarray, masks: np.ndarray, setti
     with torch.inference_mode():
         pixels = clip._pixels(image)[None]
         for mask in masks:
-            weights = token_masks(resize_masks(torch.from_numpy(mask)[None].float(), (clip.input_size,) * 2), clip.grid_size)
+            weights = token_masks(
+                resize_masks(torch.from_numpy(mask)[None].float(), (clip.input_size,) * 2), clip.grid_size
+            )
             x = visual._embeds(pixels)
             for i, block in enumerate(blocks):
                 if i < first_masked:

@@ -53,8 +53,26 @@ from bench.common import (  # noqa: E402
 )
 
 COCO_LIKE = [
-    "person", "bicycle", "car", "dog", "cat", "horse", "sky", "tree", "grass", "road",
-    "building", "water", "chair", "table", "bottle", "bird", "boat", "train", "sofa", "wall",
+    "person",
+    "bicycle",
+    "car",
+    "dog",
+    "cat",
+    "horse",
+    "sky",
+    "tree",
+    "grass",
+    "road",
+    "building",
+    "water",
+    "chair",
+    "table",
+    "bottle",
+    "bird",
+    "boat",
+    "train",
+    "sofa",
+    "wall",
 ]
 TARGET_RATIOS = {"stage1_pseudo_labels": 1.0, "stage2_base": 0.02, "stage2_refined": 0.7}
 
@@ -94,9 +112,14 @@ def main() -> None:
 
     config = predictor.module_config("transformer")
     checkpoint = AlignmentCheckpoint(
-        module=build_from_config(config, seed=0).eval(), classes=tuple(classes),
-        text_embeddings=predictor.text_embeddings(classes).cpu(), module_config=config,
-        settings=TrainingSettings(), epochs_completed=10, loss_history=(0.0,), version="bench",
+        module=build_from_config(config, seed=0).eval(),
+        classes=tuple(classes),
+        text_embeddings=predictor.text_embeddings(classes).cpu(),
+        module_config=config,
+        settings=TrainingSettings(),
+        epochs_completed=10,
+        loss_history=(0.0,),
+        version="bench",
     )
     predictor.load_checkpoint(checkpoint)
     predictor.predict(image, classes, refine=False)  # warm-up
@@ -138,8 +161,17 @@ def main() -> None:
         "memory_limit_mb": MEMORY_LIMIT_MB,
         "target_stage2_base_s": 1.0,
     }
-    print(json.dumps({"dtype": report["dtype"], **{f"{k}_s": v for k, v in seconds.items()},
-                      "set_image_s": round(reference.median, 3), "ratios": ratios, "peak_rss_mb": rss}))
+    print(
+        json.dumps(
+            {
+                "dtype": report["dtype"],
+                **{f"{k}_s": v for k, v in seconds.items()},
+                "set_image_s": round(reference.median, 3),
+                "ratios": ratios,
+                "peak_rss_mb": rss,
+            }
+        )
+    )
     default = dtype_name(resolve_dtype("auto", "cpu"))
     write(results_path("fmbseg", report["dtype"], default), report)
 

@@ -119,8 +119,17 @@ def main() -> None:
         "peak_rss_mb": rss,
         "memory_limit_mb": MEMORY_LIMIT_MB,
     }
-    print(json.dumps({"dtype": report["dtype"], "median_s": median, "set_image_s": round(reference.median, 3),
-                      "ratio": ratio, "peak_rss_mb": rss}))
+    print(
+        json.dumps(
+            {
+                "dtype": report["dtype"],
+                "median_s": median,
+                "set_image_s": round(reference.median, 3),
+                "ratio": ratio,
+                "peak_rss_mb": rss,
+            }
+        )
+    )
     default = dtype_name(resolve_dtype("auto", "cpu"))
     write(results_path("zeroguide", report["dtype"], default), report)
 

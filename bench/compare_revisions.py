@@ -28,8 +28,26 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 CLASSES = [
-    "person", "bicycle", "car", "dog", "cat", "horse", "sky", "tree", "grass", "road",
-    "building", "water", "chair", "table", "bottle", "bird", "boat", "train", "sofa", "wall",
+    "person",
+    "bicycle",
+    "car",
+    "dog",
+    "cat",
+    "horse",
+    "sky",
+    "tree",
+    "grass",
+    "road",
+    "building",
+    "water",
+    "chair",
+    "table",
+    "bottle",
+    "bird",
+    "boat",
+    "train",
+    "sofa",
+    "wall",
 ]
 
 
@@ -100,9 +118,14 @@ def worker(size: int, threads: int) -> dict:
     config = predictor.module_config("transformer")
     predictor.load_checkpoint(
         AlignmentCheckpoint(
-            module=build_from_config(config, seed=0).eval(), classes=tuple(CLASSES),
-            text_embeddings=predictor.text_embeddings(CLASSES).cpu(), module_config=config,
-            settings=TrainingSettings(), epochs_completed=1, loss_history=(0.0,), version="compare",
+            module=build_from_config(config, seed=0).eval(),
+            classes=tuple(CLASSES),
+            text_embeddings=predictor.text_embeddings(CLASSES).cpu(),
+            module_config=config,
+            settings=TrainingSettings(),
+            epochs_completed=1,
+            loss_history=(0.0,),
+            version="compare",
         )
     )
     predictor.predict(image, CLASSES, refine=False)
@@ -136,8 +159,15 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, tree in (("before", args.before), ("after", args.after)):
             env = {**os.environ, "PYTHONPATH": str(tree.resolve()), "DTYPE": "float32"}
-            command = [sys.executable, str(HERE / "compare_revisions.py"), "--worker", "--size", str(args.size),
-                       "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                str(HERE / "compare_revisions.py"),
+                "--worker",
+                "--size",
+                str(args.size),
+                "--threads",
+                str(args.threads),
+            ]
             run = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tree)
             if run.returncode:
                 raise SystemExit(f"the {name} tree failed:\n{run.stderr[-3000:]}")
@@ -154,8 +184,9 @@ def main() -> None:
         f"{args.size}x{args.size}, {args.threads} threads",
         "trees": {"before": str(args.before), "after": str(args.after)},
         "commits": {
-            name: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip()
+            name: subprocess.run(
+                ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
             for name, tree in (("before", args.before), ("after", args.after))
         },
         "seconds": figures,

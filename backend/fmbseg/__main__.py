@@ -1,8 +1,8 @@
 """``python -m backend.fmbseg pseudo-label | train | predict``: FMbSeg on a folder of images.
 
-    pseudo-label  Stage 1 (CLIP + SAM) for a class list: NAME.json + mask PNGs + NAME.overlay.png
-    train         Stage 2: the alignment module on Stage 1 pseudo-labels (resumable checkpoint)
-    predict       class masks: NAME.json (per-class COCO RLE), NAME.labels.png, NAME.overlay.png
+pseudo-label  Stage 1 (CLIP + SAM) for a class list: NAME.json + mask PNGs + NAME.overlay.png
+train         Stage 2: the alignment module on Stage 1 pseudo-labels (resumable checkpoint)
+predict       class masks: NAME.json (per-class COCO RLE), NAME.labels.png, NAME.overlay.png
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--images", type=Path, required=True, help="folder of images")
         sub.add_argument("--out", type=Path, required=True, help="output folder")
         sub.add_argument("--preset", default="cpu", choices=list_presets(), help="foundation models (default: cpu)")
-        sub.add_argument("--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)")
+        sub.add_argument(
+            "--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)"
+        )
         sub.add_argument("--presence-min-crops", type=int, default=None, help="T of appendix 1.1.3 (paper: 1)")
 
     pseudo = commands.add_parser("pseudo-label", help="Stage 1 pseudo-labels for a class list")
@@ -72,24 +74,38 @@ def build_parser() -> argparse.ArgumentParser:
     common(train)
     train.add_argument("--classes", required=True, help="comma-separated class names, or a file with one per line")
     train.add_argument("--checkpoint", type=Path, required=True, help="checkpoint to write (resumed if it exists)")
-    train.add_argument("--pseudo-labels", type=Path, default=None,
-                       help="folder written by pseudo-label (default: run Stage 1 now, into OUT/pseudo-labels)")
+    train.add_argument(
+        "--pseudo-labels",
+        type=Path,
+        default=None,
+        help="folder written by pseudo-label (default: run Stage 1 now, into OUT/pseudo-labels)",
+    )
     train.add_argument("--module", choices=ALIGNMENT_KINDS, default="transformer", help="alignment module (Table 3)")
     train.add_argument("--epochs", type=int, default=TrainingSettings.epochs, help="epochs (paper: 10)")
     train.add_argument("--batch-size", type=int, default=TrainingSettings.batch_size, help="images a batch (paper: 5)")
     train.add_argument("--learning-rate", type=float, default=TrainingSettings.learning_rate, help="SGD learning rate")
     train.add_argument("--no-resume", action="store_true", help="start over even if the checkpoint exists")
-    train.add_argument("--balance-terms", action="store_true",
-                       help="ours: mean text term + mean patch term instead of Eq. 1's sum over B*N+K (docs/fmbseg-stage2.md)")
+    train.add_argument(
+        "--balance-terms",
+        action="store_true",
+        help="ours: mean text term + mean patch term instead of Eq. 1's sum over B*N+K (docs/fmbseg-stage2.md)",
+    )
 
     predict = commands.add_parser("predict", help="class masks for every image")
     common(predict)
-    predict.add_argument("--checkpoint", type=Path, default=None,
-                         help="alignment checkpoint (default: none, serve Stage 1 pseudo-labels)")
+    predict.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="alignment checkpoint (default: none, serve Stage 1 pseudo-labels)",
+    )
     predict.add_argument("--classes", default=None, help="class names (default: the checkpoint's)")
     predict.add_argument("--no-refine", action="store_true", help="base prediction only (no SAM refinement)")
-    predict.add_argument("--open-vocabulary", action="store_true",
-                         help="allow classes other than the checkpoint's (zero-shot, as in the paper's Table 1)")
+    predict.add_argument(
+        "--open-vocabulary",
+        action="store_true",
+        help="allow classes other than the checkpoint's (zero-shot, as in the paper's Table 1)",
+    )
     return parser
 
 
@@ -150,11 +166,19 @@ def run_train(args) -> int:
         loss=LossSettings(balance_terms=args.balance_terms),
     )
     checkpoint = predictor.train(
-        examples, classes, args.checkpoint, training_settings=settings, module_kind=args.module,
+        examples,
+        classes,
+        args.checkpoint,
+        training_settings=settings,
+        module_kind=args.module,
         resume=not args.no_resume,
     )
-    log.info("alignment module %s written to %s (loss per epoch: %s)", checkpoint.version, args.checkpoint,
-             ", ".join(f"{v:.4f}" for v in checkpoint.loss_history))
+    log.info(
+        "alignment module %s written to %s (loss per epoch: %s)",
+        checkpoint.version,
+        args.checkpoint,
+        ", ".join(f"{v:.4f}" for v in checkpoint.loss_history),
+    )
     return 0
 
 

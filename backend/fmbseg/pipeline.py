@@ -147,7 +147,9 @@ class FMbSegPredictor:
             )
         else:
             labels = torch.full(grid, -1, dtype=torch.long)
-        return TrainingExample(patch_features=features.reshape(-1, features.shape[-1]).cpu(), patch_labels=labels.flatten())
+        return TrainingExample(
+            patch_features=features.reshape(-1, features.shape[-1]).cpu(), patch_labels=labels.flatten()
+        )
 
     def train(
         self,

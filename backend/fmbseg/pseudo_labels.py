@@ -74,9 +74,7 @@ class PseudoLabels:
         a CLIP-prompted mask wins where the two disagree.
         """
         label_map = np.full(self.image_size, -1, dtype=np.int64)
-        order = sorted(
-            self.masks, key=lambda m: (m.source == "1.1", -int(m.mask.sum()))
-        )
+        order = sorted(self.masks, key=lambda m: (m.source == "1.1", -int(m.mask.sum())))
         for pseudo in order:
             label_map[pseudo.mask] = self.classes.index(pseudo.class_name)
         return label_map

@@ -162,9 +162,7 @@ class ClipModel:
         """
         masks_t = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
         if masks_t.ndim != 3 or masks_t.shape[1:] != image.shape[:2]:
-            raise ValueError(
-                f"masks must be (K, H, W) with (H, W) = {image.shape[:2]}, got {tuple(masks_t.shape)}"
-            )
+            raise ValueError(f"masks must be (K, H, W) with (H, W) = {image.shape[:2]}, got {tuple(masks_t.shape)}")
         if masks_t.shape[0] == 0:
             return torch.empty(0, self.embed_dim, device=self.device, dtype=torch.float32)
         masks_t = masks_t.float().clamp(0, 1).to(self.device)

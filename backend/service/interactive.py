@@ -278,11 +278,7 @@ def choose_target(adapters: Sequence[ControlAdapter], interface: Any, context: I
     Raises :class:`~backend.service.adapters.LabelConfigError` when no served tag is on the smart
     tools' image.
     """
-    candidates = [
-        a
-        for a in adapters
-        if a.tag in MASK_TAGS and (not context.to_names or a.to_name in context.to_names)
-    ]
+    candidates = [a for a in adapters if a.tag in MASK_TAGS and (not context.to_names or a.to_name in context.to_names)]
     if not candidates:
         raise LabelConfigError(
             f"no BrushLabels or PolygonLabels served here is on the smart tools' image {list(context.to_names)}"

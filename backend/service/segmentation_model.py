@@ -313,9 +313,7 @@ class SegmentationMLBackend(MLBackendBase):
             )
         image = fetcher.load(reference)
         prompts = clicks.prompts_for(image)
-        describing = next(
-            (a for a in self.adapters if a.mode == ZERO_GUIDANCE and a.to_name == adapter.to_name), None
-        )
+        describing = next((a for a in self.adapters if a.mode == ZERO_GUIDANCE and a.to_name == adapter.to_name), None)
         settings = describing.settings if describing is not None else zero_guidance_settings(self.config)
         clicker = self.runtime.click(settings, click_settings_for(self.label_interface, clicks, self.config))
         extra = {"class_template": adapter.settings.prompt_template} if target.classes else {}

@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--preset", default="cpu", choices=list_presets(), help="foundation models (default: cpu)")
-    parser.add_argument("--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)")
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)"
+    )
     parser.add_argument(
         "--captioner",
         choices=captioner_names(),

@@ -226,9 +226,13 @@ def merge_segments(
     else:
         while pending:
             accepted = [(step, a, b, a.mask | b.mask) for step, a, b in map(decide, pending) if step.merged]
-            descriptions_now = describe_batch([step.parent for step, *_ in accepted], [m for *_, m in accepted]) if accepted else []
+            descriptions_now = (
+                describe_batch([step.parent for step, *_ in accepted], [m for *_, m in accepted]) if accepted else []
+            )
             if len(descriptions_now) != len(accepted):
-                raise ValueError(f"describe_batch returned {len(descriptions_now)} descriptions for {len(accepted)} masks")
+                raise ValueError(
+                    f"describe_batch returned {len(descriptions_now)} descriptions for {len(accepted)} masks"
+                )
             ups = [accept(step, a, b, mask, d) for (step, a, b, mask), d in zip(accepted, descriptions_now)]
             pending = sorted(up for up in ups if up is not None)
     return MergeResult(segments=[current[node] for node in sorted(current)], steps=steps)

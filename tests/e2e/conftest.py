@@ -220,7 +220,9 @@ def run_plugin(args: list[str], url: str, api_key: str, timeout_s: float = 300.0
 
 
 @pytest.fixture(scope="session")
-def prelabelled(label_studio: LabelStudioServer, api_keys, backend_for, e2e_images) -> Callable[[str], PrelabelledProject]:
+def prelabelled(
+    label_studio: LabelStudioServer, api_keys, backend_for, e2e_images
+) -> Callable[[str], PrelabelledProject]:
     """``prelabelled(kind)``: a project set up with ``python -m plugin setup`` using that key kind."""
     if not LABEL_CONFIG.exists():
         missing_prerequisite(f"{LABEL_CONFIG} is missing")
@@ -238,11 +240,16 @@ def prelabelled(label_studio: LabelStudioServer, api_keys, backend_for, e2e_imag
         result = run_plugin(
             [
                 "setup",
-                "--title", f"e2e {kind}",
-                "--config", str(LABEL_CONFIG),
-                "--backend-url", backend.url,
-                "--images", str(e2e_images),
-                "--batch-size", "2",
+                "--title",
+                f"e2e {kind}",
+                "--config",
+                str(LABEL_CONFIG),
+                "--backend-url",
+                backend.url,
+                "--images",
+                str(e2e_images),
+                "--batch-size",
+                "2",
                 "--json",
             ],
             label_studio.url,
@@ -295,11 +302,15 @@ def interactive_project(label_studio: LabelStudioServer, api_keys, backend_for, 
     result = run_plugin(
         [
             "setup",
-            "--title", "e2e interactive",
-            "--config", str(LABEL_CONFIG),
-            "--backend-url", backend.url,
+            "--title",
+            "e2e interactive",
+            "--config",
+            str(LABEL_CONFIG),
+            "--backend-url",
+            backend.url,
             "--interactive",
-            "--images", str(e2e_images),
+            "--images",
+            str(e2e_images),
             "--no-predictions",
             "--json",
         ],

@@ -250,7 +250,9 @@ def start_label_studio(
         _save_template(data_dir, admin, template_dir)
         process, url = _launch_label_studio(ls_venv, data_dir, admin, log_path, startup_timeout_s)
     try:
-        created = requests.post(f"{url}/api/token/", headers={"Authorization": f"Token {admin.legacy_token}"}, timeout=10)
+        created = requests.post(
+            f"{url}/api/token/", headers={"Authorization": f"Token {admin.legacy_token}"}, timeout=10
+        )
         if created.status_code != 201:
             raise process.fail(f"POST /api/token/ answered {created.status_code}: {created.text[:300]}")
     except BaseException:
@@ -309,9 +311,7 @@ def start_backend(
         GUNICORN_THREADS="4",
     )
     env.update(extra_env or {})
-    process = ManagedProcess(
-        "backend", [str(python), "-m", "backend"], env, cwd=REPO_ROOT, log_path=log_path
-    )
+    process = ManagedProcess("backend", [str(python), "-m", "backend"], env, cwd=REPO_ROOT, log_path=log_path)
     url = f"http://127.0.0.1:{port}"
 
     def models_ready() -> bool:

@@ -60,9 +60,7 @@ def annotated(prelabelled, label_studio):
     task_id = project.task_ids[-1]
     prediction = client.predictions.list(task=task_id)[0]
     result = [dict(item) for item in prediction.result]
-    segment = next(
-        item["id"] for item in result if item["type"] == "brushlabels" and item["from_name"] == "segment"
-    )
+    segment = next(item["id"] for item in result if item["type"] == "brushlabels" and item["from_name"] == "segment")
     caption = f"e2e export {uuid.uuid4().hex[:8]}"
     result = [item for item in result if not (item["id"] == segment and item["type"] in ("textarea", "choices"))]
     common = {"id": segment, "to_name": "image", "original_width": IMAGE_WIDTH, "original_height": IMAGE_HEIGHT}

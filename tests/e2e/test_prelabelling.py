@@ -195,8 +195,16 @@ def test_setup_again_changes_nothing(prelabelled, label_studio, e2e_images, monk
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", project.api_key)
     status = plugin_main(
         [
-            "setup", "--title", "e2e legacy", "--config", str(LABEL_CONFIG),
-            "--backend-url", project.backend.url, "--images", str(e2e_images), "--json",
+            "setup",
+            "--title",
+            "e2e legacy",
+            "--config",
+            str(LABEL_CONFIG),
+            "--backend-url",
+            project.backend.url,
+            "--images",
+            str(e2e_images),
+            "--json",
         ]
     )
     output = capsys.readouterr().out

@@ -25,8 +25,13 @@ IMAGE_WIDTH, IMAGE_HEIGHT = 96, 64  # conftest.e2e_images
 
 def brush(region_id: str, mask: np.ndarray, label: str) -> dict:
     return {
-        "id": region_id, "from_name": "class_mask", "to_name": "image", "type": "brushlabels",
-        "original_width": IMAGE_WIDTH, "original_height": IMAGE_HEIGHT, "image_rotation": 0,
+        "id": region_id,
+        "from_name": "class_mask",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": IMAGE_WIDTH,
+        "original_height": IMAGE_HEIGHT,
+        "image_rotation": 0,
         "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
     }
 
@@ -61,8 +66,11 @@ def test_start_training_retrains_on_corrections_and_serves_the_new_module(prelab
     assert [c.name for c in checkpoints] == [summary["checkpoint"].rsplit("/", 1)[-1]]
 
     task = client.tasks.get(id=project.task_ids[0])
-    body = {"tasks": [{"id": task.id, "data": task.data}], "project": str(project.project_id),
-            "label_config": client.projects.get(id=project.project_id).label_config}
+    body = {
+        "tasks": [{"id": task.id, "data": task.data}],
+        "project": str(project.project_id),
+        "label_config": client.projects.get(id=project.project_id).label_config,
+    }
     answer = requests.post(f"{backend.url}/predict", json=body, timeout=120).json()
     result = answer["results"][0]
     assert summary["version"] in result["model_version"], "the new module is served without a restart"

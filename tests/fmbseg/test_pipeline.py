@@ -99,8 +99,14 @@ def test_checkpoint_for_other_feature_sizes_is_refused(predictor, trained, tmp_p
     _, checkpoint, _, _ = trained
     config = AlignmentModuleConfig(kind="linear", in_dim=1024, out_dim=768)
     wrong = AlignmentCheckpoint(
-        module=build_from_config(config), classes=tuple(CLASSES), text_embeddings=torch.zeros(3, 768),
-        module_config=config, settings=checkpoint.settings, epochs_completed=1, loss_history=(1.0,), version="x",
+        module=build_from_config(config),
+        classes=tuple(CLASSES),
+        text_embeddings=torch.zeros(3, 768),
+        module_config=config,
+        settings=checkpoint.settings,
+        epochs_completed=1,
+        loss_history=(1.0,),
+        version="x",
     )
     with pytest.raises(CheckpointError, match="1024-d to 768-d"):
         FMbSegPredictor(predictor.models, predictor.settings).load_checkpoint(wrong)
@@ -152,23 +158,86 @@ def test_command_line_round_trip(tmp_path, image, trained):
     images.mkdir()
     Image.fromarray(image).save(images / "a.png")
     out = tmp_path / "out"
-    assert cli_main(["predict", "--preset", "tiny", "--images", str(images), "--out", str(out),
-                     "--checkpoint", str(checkpoint_path), "--no-refine"]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(checkpoint_path),
+                "--no-refine",
+            ]
+        )
+        == 0
+    )
     payload = json.loads((out / "a.json").read_text())
     assert payload["classes"] == CLASSES and payload["source"] == "stage2-base" and payload["random_weights"]
     masks = np.stack([decode_rle(m["mask_rle"]) for m in payload["masks"]])
     assert (masks.sum(axis=0) == 1).all()
     assert (out / "a.overlay.png").exists() and (out / "a.labels.png").exists()
 
-    assert cli_main(["predict", "--preset", "tiny", "--images", str(images), "--out", str(out),
-                     "--checkpoint", str(checkpoint_path), "--classes", "cat,horse"]) == 2
-    assert cli_main(["predict", "--preset", "tiny", "--images", str(images), "--out", str(out),
-                     "--checkpoint", str(tmp_path / "nope.safetensors")]) == 2
-    assert cli_main(["predict", "--preset", "tiny", "--images", str(tmp_path / "none"), "--out", str(out),
-                     "--classes", "cat"]) == 2
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(checkpoint_path),
+                "--classes",
+                "cat,horse",
+            ]
+        )
+        == 2
+    )
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(tmp_path / "nope.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert (
+        cli_main(
+            ["predict", "--preset", "tiny", "--images", str(tmp_path / "none"), "--out", str(out), "--classes", "cat"]
+        )
+        == 2
+    )
     (tmp_path / "empty").mkdir()
-    assert cli_main(["pseudo-label", "--preset", "tiny", "--images", str(tmp_path / "empty"), "--out", str(out),
-                     "--classes", "cat"]) == 2
+    assert (
+        cli_main(
+            [
+                "pseudo-label",
+                "--preset",
+                "tiny",
+                "--images",
+                str(tmp_path / "empty"),
+                "--out",
+                str(out),
+                "--classes",
+                "cat",
+            ]
+        )
+        == 2
+    )
 
 
 def test_command_line_pseudo_label_then_train(tmp_path, image):
@@ -178,13 +247,68 @@ def test_command_line_pseudo_label_then_train(tmp_path, image):
     Image.fromarray(image[:, ::-1].copy()).save(images / "b.png")
     (images / "broken.png").write_bytes(b"nope")
     labels = tmp_path / "labels"
-    assert cli_main(["pseudo-label", "--preset", "tiny", "--images", str(images), "--out", str(labels),
-                     "--classes", "cat,dog", "--presence-min-crops", "0"]) == 1  # one unreadable image
+    assert (
+        cli_main(
+            [
+                "pseudo-label",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(labels),
+                "--classes",
+                "cat,dog",
+                "--presence-min-crops",
+                "0",
+            ]
+        )
+        == 1
+    )  # one unreadable image
     assert (labels / "a.json").exists() and (labels / "b.overlay.png").exists()
     checkpoint = tmp_path / "m.safetensors"
-    assert cli_main(["train", "--preset", "tiny", "--images", str(images), "--out", str(tmp_path / "t"),
-                     "--classes", "cat,dog", "--pseudo-labels", str(labels), "--checkpoint", str(checkpoint),
-                     "--epochs", "1", "--module", "mlp"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "t"),
+                "--classes",
+                "cat,dog",
+                "--pseudo-labels",
+                str(labels),
+                "--checkpoint",
+                str(checkpoint),
+                "--epochs",
+                "1",
+                "--module",
+                "mlp",
+            ]
+        )
+        == 0
+    )
     assert checkpoint.exists()
-    assert cli_main(["train", "--preset", "tiny", "--images", str(images), "--out", str(tmp_path / "t"),
-                     "--classes", "cat,sky", "--pseudo-labels", str(labels), "--checkpoint", str(checkpoint)]) == 2
+    assert (
+        cli_main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--images",
+                str(images),
+                "--out",
+                str(tmp_path / "t"),
+                "--classes",
+                "cat,sky",
+                "--pseudo-labels",
+                str(labels),
+                "--checkpoint",
+                str(checkpoint),
+            ]
+        )
+        == 2
+    )

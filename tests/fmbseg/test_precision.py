@@ -32,9 +32,14 @@ def predictor(models) -> FMbSegPredictor:
     config = result.module_config("transformer")
     result.load_checkpoint(
         AlignmentCheckpoint(
-            module=build_from_config(config, seed=0).eval(), classes=tuple(CLASSES),
-            text_embeddings=result.text_embeddings(CLASSES).cpu(), module_config=config,
-            settings=TrainingSettings(), epochs_completed=1, loss_history=(0.0,), version="precision",
+            module=build_from_config(config, seed=0).eval(),
+            classes=tuple(CLASSES),
+            text_embeddings=result.text_embeddings(CLASSES).cpu(),
+            module_config=config,
+            settings=TrainingSettings(),
+            epochs_completed=1,
+            loss_history=(0.0,),
+            version="precision",
         )
     )
     return result

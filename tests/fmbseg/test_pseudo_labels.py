@@ -54,7 +54,9 @@ def test_label_map_puts_stage_11_on_top():
     a[:, :3] = True
     b = np.zeros((4, 4), bool)
     b[:, 2:] = True
-    labels = PseudoLabels((4, 4), ["cat", "dog"], ["cat", "dog"], {}, [PseudoMask(b, "dog", "1.1", 0.9), PseudoMask(a, "cat", "1.2", 0.3)])
+    labels = PseudoLabels(
+        (4, 4), ["cat", "dog"], ["cat", "dog"], {}, [PseudoMask(b, "dog", "1.1", 0.9), PseudoMask(a, "cat", "1.2", 0.3)]
+    )
     expected = np.array([[0, 0, 1, 1]] * 4)
     assert np.array_equal(labels.label_map(), expected)
 

@@ -146,4 +146,6 @@ def test_shared_prefix_gives_the_same_embeddings(clip, image):
     settings = SegmentEncoding(masked_layers=3)
     prefix = clip.segment_prefix(image, settings)
     assert prefix.shape == (1, 1 + clip.grid_size[0] * clip.grid_size[1], clip.model.visual.transformer.width)
-    assert torch.equal(clip.encode_segments(image, masks, settings, prefix=prefix), clip.encode_segments(image, masks, settings))
+    assert torch.equal(
+        clip.encode_segments(image, masks, settings, prefix=prefix), clip.encode_segments(image, masks, settings)
+    )

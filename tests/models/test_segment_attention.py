@@ -92,9 +92,7 @@ def test_masked_block_matches_loop_reference(subtract_global):
     torch.manual_seed(0)
     block = ResidualAttentionBlock(16, 4).eval()
     tokens = torch.randn(3, 5, 16)
-    key_weights = torch.tensor(
-        [[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.2, 0.7, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]]
-    )
+    key_weights = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.2, 0.7, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
     with torch.no_grad():
         got = run_masked_block(block, tokens, key_weights, subtract_global=subtract_global, sigma_squared=2.5)
         want = _reference_block(block, tokens, key_weights, subtract_global, 2.5)

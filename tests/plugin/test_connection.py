@@ -31,12 +31,16 @@ ACCESS = fake_jwt({"token_type": "access", "exp": 8102507055, "user_id": "1"})
 
 
 def connect(handler, api_key=LEGACY) -> LabelStudioConnection:
-    client = LabelStudio(base_url=URL, api_key=api_key, httpx_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    client = LabelStudio(
+        base_url=URL, api_key=api_key, httpx_client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
     return LabelStudioConnection(ConnectionSettings(url=URL, api_key=api_key), client=client)
 
 
 def test_settings_from_environment():
-    settings = ConnectionSettings.from_environment({"LABEL_STUDIO_URL": "http://h:8080/", "LABEL_STUDIO_API_KEY": " k "})
+    settings = ConnectionSettings.from_environment(
+        {"LABEL_STUDIO_URL": "http://h:8080/", "LABEL_STUDIO_API_KEY": " k "}
+    )
     assert (settings.url, settings.api_key) == ("http://h:8080", "k")
     with pytest.raises(PluginError, match="set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"):
         ConnectionSettings.from_environment({})
@@ -47,7 +51,11 @@ def test_settings_from_environment():
 def test_key_kinds():
     assert jwt_claims(LEGACY) is None
     assert jwt_claims(PAT)["token_type"] == "refresh"
-    assert [describe_key(key) for key in (LEGACY, PAT, ACCESS)] == ["legacy token", "personal access token", "access token"]
+    assert [describe_key(key) for key in (LEGACY, PAT, ACCESS)] == [
+        "legacy token",
+        "personal access token",
+        "access token",
+    ]
     assert "legacy_api_tokens_enabled" in unauthorized_hint(LEGACY)
     assert "Personal Access Token" in unauthorized_hint(PAT)
     assert "short-lived" in unauthorized_hint(ACCESS)
@@ -122,7 +130,10 @@ def test_upload_files_posts_multipart_and_returns_task_ids(tmp_path):
 
 
 def test_error_text():
-    body = {"detail": "Validation error", "validation_errors": {"non_field_errors": ["Can't connect. <a href='x'>Learn</a>"], "title": ["too short"]}}
+    body = {
+        "detail": "Validation error",
+        "validation_errors": {"non_field_errors": ["Can't connect. <a href='x'>Learn</a>"], "title": ["too short"]},
+    }
     assert error_text(body) == "Can't connect. Learn; title: too short"
     assert error_text({"detail": "Not found."}) == "Not found."
     assert error_text("plain") == "plain"

@@ -15,8 +15,12 @@ W, H = 5, 4
 
 def brush_item(region_id, mask):
     return {
-        "id": region_id, "from_name": "segment", "to_name": "image", "type": "brushlabels",
-        "original_width": mask.shape[1], "original_height": mask.shape[0],
+        "id": region_id,
+        "from_name": "segment",
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": mask.shape[1],
+        "original_height": mask.shape[0],
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["segment"]},
     }
 
@@ -49,7 +53,9 @@ def test_export_writes_images_masks_and_json(tmp_path, label_config):
         ),
         SimpleNamespace(id=8, data={"image": "/data/upload/2/ffffffff-x.png"}, annotations=[]),
     ]
-    connection = FakeConnection(project_client(label_config, tasks), files={"/data/upload/2/0a1b2c3d-roof.png": png_bytes(W, H)})
+    connection = FakeConnection(
+        project_client(label_config, tasks), files={"/data/upload/2/0a1b2c3d-roof.png": png_bytes(W, H)}
+    )
     summary = export_project(connection, 2, tmp_path / "out")
 
     assert (summary.tasks, summary.annotations, summary.regions) == (1, 1, 1)
@@ -58,12 +64,25 @@ def test_export_writes_images_masks_and_json(tmp_path, label_config):
     assert document["project"] == {"id": 2, "title": "P"}
     (item,) = document["items"]
     assert item == {
-        "task_id": 7, "annotation_id": 4, "completed_by": 1, "image": "images/7-roof.png",
-        "source": "/data/upload/2/0a1b2c3d-roof.png", "width": W, "height": H,
-        "regions": [{
-            "id": "r/1", "control": "segment", "labels": ["segment"], "mask": "masks/7/4-r_1.png", "area": 6,
-            "texts": {"caption": ["a roof"]}, "choices": {"rating": ["3"]}, "rating": 3,
-        }],
+        "task_id": 7,
+        "annotation_id": 4,
+        "completed_by": 1,
+        "image": "images/7-roof.png",
+        "source": "/data/upload/2/0a1b2c3d-roof.png",
+        "width": W,
+        "height": H,
+        "regions": [
+            {
+                "id": "r/1",
+                "control": "segment",
+                "labels": ["segment"],
+                "mask": "masks/7/4-r_1.png",
+                "area": 6,
+                "texts": {"caption": ["a roof"]},
+                "choices": {"rating": ["3"]},
+                "rating": 3,
+            }
+        ],
     }
     saved = np.asarray(Image.open(tmp_path / "out" / "masks/7/4-r_1.png"))
     np.testing.assert_array_equal(saved, mask.astype(np.uint8) * 255)
@@ -71,7 +90,13 @@ def test_export_writes_images_masks_and_json(tmp_path, label_config):
 
 
 def test_export_refuses_masks_of_another_size(tmp_path, label_config):
-    tasks = [SimpleNamespace(id=1, data={"image": "http://h/i.png"}, annotations=[{"id": 2, "result": [brush_item("a", np.ones((3, 3), bool))]}])]
+    tasks = [
+        SimpleNamespace(
+            id=1,
+            data={"image": "http://h/i.png"},
+            annotations=[{"id": 2, "result": [brush_item("a", np.ones((3, 3), bool))]}],
+        )
+    ]
     connection = FakeConnection(project_client(label_config, tasks), files={"http://h/i.png": png_bytes(W, H)})
     with pytest.raises(PluginError, match="mask 3x3 but image 5x4"):
         export_project(connection, 2, tmp_path)

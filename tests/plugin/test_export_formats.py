@@ -108,8 +108,12 @@ def test_categories_come_from_the_config_then_new_labels():
 # -------------------------------------------------------------------------------- export
 def brush(region_id, control, label, mask):
     return {
-        "id": region_id, "from_name": control, "to_name": "image", "type": "brushlabels",
-        "original_width": mask.shape[1], "original_height": mask.shape[0],
+        "id": region_id,
+        "from_name": control,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": mask.shape[1],
+        "original_height": mask.shape[0],
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
     }
 
@@ -132,9 +136,14 @@ def make_tasks():
     ]
     second = [brush("k1", "class_mask", "sky", SKY), brush("e1", "class_mask", "cat", np.zeros((H, W), bool))]
     return [
-        SimpleNamespace(id=7, data={"image": "/data/upload/2/0a1b2c3d-roof.png"},
-                        annotations=[{"id": 3, "result": [], "was_cancelled": False},
-                                     {"id": 4, "result": first, "completed_by": 1}]),
+        SimpleNamespace(
+            id=7,
+            data={"image": "/data/upload/2/0a1b2c3d-roof.png"},
+            annotations=[
+                {"id": 3, "result": [], "was_cancelled": False},
+                {"id": 4, "result": first, "completed_by": 1},
+            ],
+        ),
         SimpleNamespace(id=8, data={"image": "http://h/photo?id=8"}, annotations=[{"id": 5, "result": second}]),
         SimpleNamespace(id=9, data={"image": "http://h/x.png"}, annotations=[]),
     ]
@@ -152,9 +161,7 @@ def connection_for(label_config):
 
 @pytest.mark.parametrize("masks", ["rle", "polygon"])
 def test_coco_export_reads_back_with_pycocotools(tmp_path, label_config, masks):
-    summary = export_project(
-        connection_for(label_config), 2, tmp_path, ExportOptions(format="coco", coco_masks=masks)
-    )
+    summary = export_project(connection_for(label_config), 2, tmp_path, ExportOptions(format="coco", coco_masks=masks))
     assert (summary.tasks, summary.annotations, summary.regions, summary.instances) == (2, 2, 3, 3)
     assert summary.skipped == {"empty mask": 1}
     assert summary.index == tmp_path / "result.json"
@@ -217,8 +224,10 @@ def test_categories_are_stable_across_tasks_and_exports(tmp_path, label_config):
     # the first task holds only a sky: ids still come from the config, not from the order labels are met
     tasks = make_tasks()[1:2]
     project = SimpleNamespace(id=2, title="P", label_config=label_config)
-    client = SimpleNamespace(projects=SimpleNamespace(get=lambda project_id: project),
-                             tasks=SimpleNamespace(list=lambda **kwargs: iter(tasks)))
+    client = SimpleNamespace(
+        projects=SimpleNamespace(get=lambda project_id: project),
+        tasks=SimpleNamespace(list=lambda **kwargs: iter(tasks)),
+    )
     connection = FakeConnection(client, files={"http://h/photo?id=8": png_bytes(W, H)})
     export_project(connection, 2, tmp_path / "coco", ExportOptions(format="coco"))
     export_project(connection, 2, tmp_path / "yolo", ExportOptions(format="yolo"))
@@ -251,7 +260,9 @@ def test_all_annotations_in_coco_are_separate_images(tmp_path, label_config):
     export_project(connection_for(label_config), 2, tmp_path, ExportOptions(format="coco", all_annotations=True))
     document = json.loads((tmp_path / "result.json").read_text())
     assert [(i["label_studio"]["task_id"], i["label_studio"]["annotation_id"]) for i in document["images"]] == [
-        (7, 3), (7, 4), (8, 5)
+        (7, 3),
+        (7, 4),
+        (8, 5),
     ]
     assert len({i["id"] for i in document["images"]}) == 3
     assert len({a["id"] for a in document["annotations"]}) == len(document["annotations"]) == 3

@@ -18,7 +18,12 @@ from tests.plugin.conftest import FakeConnection
 
 @pytest.mark.parametrize(
     "name, stored",
-    [("shapes one.png", "shapes_one.png"), ("a-b_c.JPG", "a-b_c.JPG"), (" x(1).png ", "x1.png"), ("été.png", "été.png")],
+    [
+        ("shapes one.png", "shapes_one.png"),
+        ("a-b_c.JPG", "a-b_c.JPG"),
+        (" x(1).png ", "x1.png"),
+        ("été.png", "été.png"),
+    ],
 )
 def test_stored_upload_name_follows_django(name, stored):
     # "shapes one.png" -> "shapes_one.png" was measured with Label Studio 1.23.2 (tests/e2e)
@@ -60,15 +65,22 @@ def test_import_urls_only_new_ones_once():
     urls = ["http://h/a.png", "http://h/b.png", "http://h/b.png", "http://h/c.png"]
     report = import_urls(connection, 4, "image", urls, [ProjectTask(1, "http://h/a.png", 0)])
     assert calls == [
-        {"id": 4, "request": [{"image": "http://h/b.png"}, {"image": "http://h/c.png"}],
-         "return_task_ids": True, "commit_to_project": True}
+        {
+            "id": 4,
+            "request": [{"image": "http://h/b.png"}, {"image": "http://h/c.png"}],
+            "return_task_ids": True,
+            "commit_to_project": True,
+        }
     ]
     assert report.created_task_ids == [5, 6]
     assert report.skipped == ["http://h/a.png"]
 
 
 def test_list_tasks_reads_image_and_prediction_count():
-    tasks = [SimpleNamespace(id=9, data={"image": "u9"}, total_predictions=2), SimpleNamespace(id=3, data={}, total_predictions=None)]
+    tasks = [
+        SimpleNamespace(id=9, data={"image": "u9"}, total_predictions=2),
+        SimpleNamespace(id=3, data={}, total_predictions=None),
+    ]
     connection = FakeConnection(SimpleNamespace(tasks=SimpleNamespace(list=lambda **kwargs: iter(tasks))))
     assert list_tasks(connection, 1, "image") == [ProjectTask(3, "", 0), ProjectTask(9, "u9", 2)]
 

@@ -60,18 +60,32 @@ def test_connect_backend_reuses_the_same_url():
     updated = []
     webhooks = [SimpleNamespace(id=9, url="http://other:9090/webhook", headers=None)]
     client = SimpleNamespace(
-        ml=SimpleNamespace(list=lambda project: backends, create=lambda **kwargs: created.append(kwargs) or SimpleNamespace(id=5, **kwargs)),
-        webhooks=SimpleNamespace(list=lambda project: webhooks, update=lambda id, headers: updated.append((id, headers))),
+        ml=SimpleNamespace(
+            list=lambda project: backends,
+            create=lambda **kwargs: created.append(kwargs) or SimpleNamespace(id=5, **kwargs),
+        ),
+        webhooks=SimpleNamespace(
+            list=lambda project: webhooks, update=lambda id, headers: updated.append((id, headers))
+        ),
     )
     backend, new = connect_backend(FakeConnection(client), 1, BackendSettings(url="http://backend:9090"))
     assert (backend.id, new, created) == (4, False, [])
 
-    settings = BackendSettings(url="http://other:9090", basic_auth_user="u", basic_auth_password="p", is_interactive=True)
+    settings = BackendSettings(
+        url="http://other:9090", basic_auth_user="u", basic_auth_password="p", is_interactive=True
+    )
     backend, new = connect_backend(FakeConnection(client), 1, settings)
     assert (backend.id, new) == (5, True)
     assert created == [
-        {"url": "http://other:9090", "project": 1, "title": settings.title, "is_interactive": True,
-         "auth_method": "BASIC_AUTH", "basic_auth_user": "u", "basic_auth_pass": "p"}
+        {
+            "url": "http://other:9090",
+            "project": 1,
+            "title": settings.title,
+            "is_interactive": True,
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": "u",
+            "basic_auth_pass": "p",
+        }
     ]
     # Label Studio's webhook for the backend carries no basic auth of its own: the header is added
     assert updated == [(9, {"Authorization": "Basic dTpw"})]  # base64("u:p")
@@ -79,7 +93,10 @@ def test_connect_backend_reuses_the_same_url():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"url": "backend:9090"}, "not an http"), ({"url": "http://b", "basic_auth_user": "u"}, "both a user and a password")],
+    [
+        ({"url": "backend:9090"}, "not an http"),
+        ({"url": "http://b", "basic_auth_user": "u"}, "both a user and a password"),
+    ],
 )
 def test_backend_settings_validation(kwargs, message):
     with pytest.raises(PluginError, match=message):

@@ -60,8 +60,12 @@ class FakeLabelStudio:
     def add_project(self, title: str, label_config: str, **fields) -> int:
         project_id = next(self._ids)
         self.projects[project_id] = {
-            "id": project_id, "title": title, "label_config": label_config,
-            "maximum_annotations": 1, "overlap_cohort_percentage": 100, **fields,
+            "id": project_id,
+            "title": title,
+            "label_config": label_config,
+            "maximum_annotations": 1,
+            "overlap_cohort_percentage": 100,
+            **fields,
         }
         return project_id
 
@@ -117,8 +121,12 @@ class FakeLabelStudio:
             size, page = int(params.get("page_size", 100)), int(params.get("page", 1))
             return httpx.Response(
                 200,
-                json={"tasks": tasks[(page - 1) * size : page * size], "total": len(tasks),
-                      "total_annotations": 0, "total_predictions": 0},
+                json={
+                    "tasks": tasks[(page - 1) * size : page * size],
+                    "total": len(tasks),
+                    "total_annotations": 0,
+                    "total_predictions": 0,
+                },
             )
         if (match := re.fullmatch(r"/api/tasks/(\d+)/", path)) and method == "PATCH":
             task = self.tasks[int(match[1])]
@@ -166,8 +174,12 @@ def png(image: np.ndarray) -> bytes:
 
 def brush(region_id: str, mask: np.ndarray, control: str = "segment", label: str = "segment") -> dict:
     return {
-        "id": region_id, "from_name": control, "to_name": "image", "type": "brushlabels",
-        "original_width": mask.shape[1], "original_height": mask.shape[0],
+        "id": region_id,
+        "from_name": control,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": mask.shape[1],
+        "original_height": mask.shape[0],
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
     }
 
@@ -196,8 +208,13 @@ def source(fake, label_config) -> tuple[int, int]:
     project_id = fake.add_project("Segmentation pre-labelling", label_config)
     task_id = fake.upload_image(project_id, "dog.png", png(source_image()))
     fake.predictions.append(
-        {"id": 5, "task": task_id, "project": project_id, "model_version": "old",
-         "result": [brush("old", box(0, 0, 2, 2)), caption("old", "stale")]}
+        {
+            "id": 5,
+            "task": task_id,
+            "project": project_id,
+            "model_version": "old",
+            "result": [brush("old", box(0, 0, 2, 2)), caption("old", "stale")],
+        }
     )
     newest = [brush(region, mask) for region, (mask, _) in SEGMENTS.items()]
     newest += [caption(region, text) for region, (_, text) in SEGMENTS.items()]
@@ -229,10 +246,13 @@ def test_label_config_states_the_task_count_and_the_scale_without_missing_pictur
     assert "30 independent" not in config and not re.search(r"\([A-E]\)", config)
     assert not re.search(r"\([A-E]\)", rating_instruction_html(16))
     assert "green" not in rating_instruction(16)  # the highlight is no longer green
-    assert interface.validate_prediction(
-        {"result": [{"from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": ["2"]}}]},
-        return_errors=True,
-    ) == []
+    assert (
+        interface.validate_prediction(
+            {"result": [{"from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": ["2"]}}]},
+            return_errors=True,
+        )
+        == []
+    )
     with pytest.raises(ValueError):
         rating_label_config(0)
 
@@ -269,12 +289,27 @@ def test_setup_creates_one_project_per_rater_batch_with_every_segment_once(fake,
         for task in tasks:
             data = task["data"]
             mask, text = SEGMENTS[data["region"]]
-            keys = ("text", "source_project", "source_task", "source_image", "prediction", "model_version",
-                    "rater_batch", "rater_batches", "image_name")
+            keys = (
+                "text",
+                "source_project",
+                "source_task",
+                "source_image",
+                "prediction",
+                "model_version",
+                "rater_batch",
+                "rater_batches",
+                "image_name",
+            )
             assert {key: data[key] for key in keys} == {
-                "text": text, "source_project": project_id, "source_task": task_id,
-                "source_image": source_path, "prediction": 9, "model_version": "v2",
-                "rater_batch": batch, "rater_batches": 3, "image_name": f"{task_id}-dog.png",
+                "text": text,
+                "source_project": project_id,
+                "source_task": task_id,
+                "source_image": source_path,
+                "prediction": 9,
+                "model_version": "v2",
+                "rater_batch": batch,
+                "rater_batches": 3,
+                "image_name": f"{task_id}-dog.png",
             }
             assert data["image"].startswith(f"/data/upload/{rating_id}/")  # each project has its own upload
             shown = np.asarray(Image.open(io.BytesIO(fake.files[data["image"]])))
@@ -292,7 +327,9 @@ def test_setup_again_adds_nothing_and_more_raters_make_other_projects(fake, sour
     assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
     again = setup_summary(capsys)
     assert again["project_ids"] == first["project_ids"] and len(fake.uploads) == uploads
-    assert [(e["created"], e["created_task_ids"], e["existing_tasks"]) for e in again["projects"]] == [(False, [], 2)] * 3
+    assert [(e["created"], e["created_task_ids"], e["existing_tasks"]) for e in again["projects"]] == [
+        (False, [], 2)
+    ] * 3
 
     assert main(["rate", "setup", "--project", str(project_id), "--raters", "5", "--json"]) == 0
     five = setup_summary(capsys)
@@ -374,21 +411,35 @@ def test_raters_must_be_positive(fake, source, capsys):
 
 # ---------------------------------------------------------------------------------- collect
 def annotation(annotation_id: int, rater: int, score: str | None, cancelled: bool = False) -> dict:
-    result = [] if score is None else [
-        {"id": "x", "from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": [score]}}
-    ]
+    result = (
+        []
+        if score is None
+        else [{"id": "x", "from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": [score]}}]
+    )
     return {"id": annotation_id, "completed_by": rater, "result": result, "was_cancelled": cancelled}
 
 
 def rating_data(task: int, region: str, text: str) -> dict:
-    return {"image": f"/data/upload/2/abcd0123-s{task}.png", "text": text, "source_project": 1, "source_task": task,
-            "region": region, "image_name": f"{task}-cat.png", "source_image": "/data/upload/1/x-cat.png",
-            "prediction": 4, "model_version": "v"}
+    return {
+        "image": f"/data/upload/2/abcd0123-s{task}.png",
+        "text": text,
+        "source_project": 1,
+        "source_task": task,
+        "region": region,
+        "image_name": f"{task}-cat.png",
+        "source_image": "/data/upload/1/x-cat.png",
+        "prediction": 4,
+        "model_version": "v",
+    }
 
 
 def batch_data(task: int, region: str, text: str, batch: int, batches: int = 3, source_project: int = 1) -> dict:
-    return {**rating_data(task, region, text), "source_project": source_project, "rater_batch": batch,
-            "rater_batches": batches}
+    return {
+        **rating_data(task, region, text),
+        "source_project": source_project,
+        "rater_batch": batch,
+        "rater_batches": batches,
+    }
 
 
 @pytest.fixture
@@ -431,8 +482,19 @@ def test_collect_combines_the_batch_projects(fake, batches, tmp_path, capsys):
         ("8-cat.png", "c", "text c", None, "1", 1, 1, 43, task_of(fake, batches[0], "c")),
     ]
     # exactly the keys of the records before rater batch projects
-    assert set(records[0]) == {"image", "segment", "text", "label", "rater", "score", "batch", "source_project",
-                               "source_task", "rating_task", "annotation"}
+    assert set(records[0]) == {
+        "image",
+        "segment",
+        "text",
+        "label",
+        "rater",
+        "score",
+        "batch",
+        "source_project",
+        "source_task",
+        "rating_task",
+        "annotation",
+    }
     report = json.loads(report_path.read_text())
     # Table 2 by hand: batch 1 = {3, 2, 1}, batch 2 = {2, 0}, batch 3 = {3}
     expected = {0: (0 + 1 / 2 + 0) / 3, 1: (1 / 3 + 0 + 0) / 3, 2: (1 / 3 + 1 / 2 + 0) / 3, 3: (1 / 3 + 0 + 1) / 3}
@@ -505,7 +567,8 @@ def rated(fake) -> int:
     )
     fake.add_task(rating_id, rating_data(8, "c", "sky"), [])
     fake.add_task(
-        rating_id, rating_data(8, "d", "tree"),
+        rating_id,
+        rating_data(8, "d", "tree"),
         # the 4th rating is left out
         [annotation(30, 4, "1"), annotation(31, 5, "1"), annotation(32, 6, "2"), annotation(33, 7, "0")],
     )
@@ -539,7 +602,9 @@ def test_collect_reads_a_shared_project_as_before(fake, rated, tmp_path, capsys)
     report = json.loads(report_path.read_text())
     assert report["distribution"]["fractions"] == pytest.approx({str(k): v for k, v in expected.items()})
     assert report["distribution"]["counts_per_batch"] == [
-        {"0": 0, "1": 1, "2": 0, "3": 2}, {"0": 0, "1": 1, "2": 1, "3": 0}, {"0": 1, "1": 0, "2": 1, "3": 0}
+        {"0": 0, "1": 1, "2": 0, "3": 2},
+        {"0": 0, "1": 1, "2": 1, "3": 0},
+        {"0": 1, "1": 0, "2": 1, "3": 0},
     ]
     assert (report["segments"], report["ratings"], report["raters"]) == (4, 7, ["1", "2", "3", "4", "5", "6"])
     assert report["rating_projects"] == [rated]

@@ -11,18 +11,35 @@ H, W = 6, 8
 
 def brush(region_id, mask, control="segment", labels=("segment",)):
     return {
-        "id": region_id, "from_name": control, "to_name": "image", "type": "brushlabels",
-        "original_width": W, "original_height": H, "image_rotation": 0,
+        "id": region_id,
+        "from_name": control,
+        "to_name": "image",
+        "type": "brushlabels",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
         "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": list(labels)},
     }
 
 
 def text(region_id, *texts):
-    return {"id": region_id, "from_name": "caption", "to_name": "image", "type": "textarea", "value": {"text": list(texts)}}
+    return {
+        "id": region_id,
+        "from_name": "caption",
+        "to_name": "image",
+        "type": "textarea",
+        "value": {"text": list(texts)},
+    }
 
 
 def choice(region_id, *choices):
-    return {"id": region_id, "from_name": "rating", "to_name": "image", "type": "choices", "value": {"choices": list(choices)}}
+    return {
+        "id": region_id,
+        "from_name": "rating",
+        "to_name": "image",
+        "type": "choices",
+        "value": {"choices": list(choices)},
+    }
 
 
 def box(top, left, bottom, right):
@@ -39,8 +56,11 @@ def schema(label_config):
 def test_regions_keep_masks_and_their_per_region_answers(schema):
     first, second = box(0, 0, 3, 4), box(2, 5, 6, 8)
     result = [
-        brush("a", first), text("a", "a red roof"), choice("a", "2"),
-        brush("b", second, control="class_mask", labels=("sky",)), text("b", "sky", "clouds"),
+        brush("a", first),
+        text("a", "a red roof"),
+        choice("a", "2"),
+        brush("b", second, control="class_mask", labels=("sky",)),
+        text("b", "sky", "clouds"),
     ]
     regions = regions_from_result(result, schema)
     assert [region.id for region in regions] == ["a", "b"]

@@ -229,149 +229,157 @@ def _matrix_cases(ls: Server, b: Server) -> tuple[list[dict], dict, tuple]:
     }
     allowed = ("public.example", "bucket.s3.example")
     ok, blocked = "ok", "refused"
-    return [
-        dict(name="127.0.0.1", ref=f"http://127.0.0.1:{p}/img.png", expect=blocked, reason="loopback address"),
-        dict(name="127.1.2.3", ref=f"http://127.1.2.3:{p}/img.png", expect=blocked, reason="loopback address"),
-        dict(name="10.0.0.1", ref=f"http://10.0.0.1:{p}/img.png", expect=blocked, reason="private address"),
-        dict(name="192.168.1.1", ref="http://192.168.1.1/img.png", expect=blocked, reason="private address"),
-        dict(name="172.16.0.1", ref="http://172.16.0.1/img.png", expect=blocked, reason="private address"),
-        dict(name="169.254.169.254", ref=METADATA, expect=blocked, reason="link-local address"),
-        dict(name="[::1]", ref=f"http://[::1]:{p}/img.png", expect=blocked, reason="loopback address"),
-        dict(name="[fe80::1]", ref="http://[fe80::1]/img.png", expect=blocked, reason="link-local address"),
-        dict(name="[fc00::1]", ref="http://[fc00::1]/img.png", expect=blocked, reason="private address"),
-        dict(name="0.0.0.0", ref=f"http://0.0.0.0:{p}/img.png", expect=blocked, reason="unspecified address"),
-        dict(name="224.0.0.1", ref="http://224.0.0.1/img.png", expect=blocked, reason="multicast address"),
-        dict(name="100.64.0.1 (shared)", ref="http://100.64.0.1/img.png", expect=blocked, reason="reserved address"),
-        dict(
-            name="2130706433 (decimal)",
-            ref=f"http://2130706433:{p}/img.png",
-            expect=blocked,
-            reason="loopback address",
-        ),
-        dict(name="0x7f.1 (hex)", ref=f"http://0x7f.1:{p}/img.png", expect=blocked, reason="loopback address"),
-        dict(
-            name="0177.0.0.1 (octal)",
-            ref=f"http://0177.0.0.1:{p}/img.png",
-            expect=blocked,
-            reason="loopback address",
-        ),
-        dict(name="0xA9FEA9FE (hex metadata)", ref="http://0xA9FEA9FE/", expect=blocked, reason="link-local address"),
-        dict(
-            name="[::ffff:127.0.0.1] (mapped)",
-            ref=f"http://[::ffff:127.0.0.1]:{p}/img.png",
-            expect=blocked,
-            reason="loopback address",
-        ),
-        dict(
-            name="[::ffff:a9fe:a9fe] (mapped)",
-            ref="http://[::ffff:a9fe:a9fe]/",
-            expect=blocked,
-            reason="link-local address",
-        ),
-        dict(
-            name="999.0.0.1 (malformed)",
-            ref=f"http://999.0.0.1:{p}/img.png",
-            expect=blocked,
-            reason="malformed address",
-        ),
-        dict(
-            name="name -> 127.0.0.1",
-            ref=f"http://loopback.example:{p}/img.png",
-            expect=blocked,
-            reason="loopback address",
-        ),
-        dict(
-            name="name -> public + 10.0.0.1",
-            ref=f"http://mixed.example:{p}/img.png",
-            expect=blocked,
-            reason="private address",
-        ),
-        dict(
-            name="public name -302-> metadata",
-            ref=f"http://public.example:{p}/to-metadata",
-            expect=blocked,
-            reason="link-local address",
-            hops_allowed={("127.0.0.1", p)},
-        ),
-        dict(
-            name="public name -302-> decimal loopback",
-            ref=f"http://public.example:{p}/to-decimal",
-            expect=blocked,
-            reason="loopback address",
-            hops_allowed={("127.0.0.1", p)},
-        ),
-        dict(
-            name="public name -302-> name -> loopback",
-            ref=f"http://public.example:{p}/to-loopback-name",
-            expect=blocked,
-            reason="loopback address",
-            hops_allowed={("127.0.0.1", p)},
-        ),
-        dict(
-            name="public name -302-> file://",
-            ref=f"http://public.example:{p}/to-file",
-            expect=blocked,
-            reason="not an http(s) URL",
-            hops_allowed={("127.0.0.1", p)},
-        ),
-        dict(
-            name="public name: 6 redirects",
-            ref=f"http://public.example:{p}/loop0",
-            expect=blocked,
-            reason="more than 3 redirects",
-            hops_allowed={("127.0.0.1", p)},
-        ),
-        dict(
-            name="public name -302-> Label Studio upload",
-            ref=f"http://public.example:{p}/to-ls-upload",
-            expect="HTTP 401",  # followed (Label Studio is exempt) but without the key
-            reason="answered HTTP 401",
-            hops_allowed={("127.0.0.1", p), ("127.0.0.1", ls.port)},
-        ),
-        dict(
-            name="/api/projects/1/export",
-            ref="/api/projects/1/export",
-            expect=blocked,
-            reason="not a Label Studio media path",
-        ),
-        dict(
-            name="/data/upload/../../api/...",
-            ref="/data/upload/../../api/projects/1/export",
-            expect=blocked,
-            reason="not a Label Studio media path",
-        ),
-        dict(
-            name="/data/upload/%2e%2e/...",
-            ref="/data/upload/%2e%2e/%2e%2e/api/projects/1/export",
-            expect=blocked,
-            reason="not a Label Studio media path",
-        ),
-        dict(
-            name="presign -302-> private address",
-            ref="/tasks/8/presign/?fileuri=eA%3D%3D",
-            expect=blocked,
-            reason="private address",
-            hops_allowed={("127.0.0.1", ls.port)},
-        ),
-        dict(
-            name="Label Studio upload (PAT)",
-            ref="/data/upload/1/a.png",
-            expect=ok,
-            hops_allowed={("127.0.0.1", ls.port)},
-        ),
-        dict(
-            name="Label Studio presign -302-> allowed bucket",
-            ref=presign,
-            expect=ok,
-            hops_allowed={("127.0.0.1", ls.port), ("127.0.0.1", p)},
-        ),
-        dict(
-            name="allowed host (IMAGE_ALLOWED_HOSTS)",
-            ref=f"http://public.example:{p}/img.png",
-            expect=ok,
-            hops_allowed={("127.0.0.1", p)},
-        ),
-    ], names, allowed
+    return (
+        [
+            dict(name="127.0.0.1", ref=f"http://127.0.0.1:{p}/img.png", expect=blocked, reason="loopback address"),
+            dict(name="127.1.2.3", ref=f"http://127.1.2.3:{p}/img.png", expect=blocked, reason="loopback address"),
+            dict(name="10.0.0.1", ref=f"http://10.0.0.1:{p}/img.png", expect=blocked, reason="private address"),
+            dict(name="192.168.1.1", ref="http://192.168.1.1/img.png", expect=blocked, reason="private address"),
+            dict(name="172.16.0.1", ref="http://172.16.0.1/img.png", expect=blocked, reason="private address"),
+            dict(name="169.254.169.254", ref=METADATA, expect=blocked, reason="link-local address"),
+            dict(name="[::1]", ref=f"http://[::1]:{p}/img.png", expect=blocked, reason="loopback address"),
+            dict(name="[fe80::1]", ref="http://[fe80::1]/img.png", expect=blocked, reason="link-local address"),
+            dict(name="[fc00::1]", ref="http://[fc00::1]/img.png", expect=blocked, reason="private address"),
+            dict(name="0.0.0.0", ref=f"http://0.0.0.0:{p}/img.png", expect=blocked, reason="unspecified address"),
+            dict(name="224.0.0.1", ref="http://224.0.0.1/img.png", expect=blocked, reason="multicast address"),
+            dict(
+                name="100.64.0.1 (shared)", ref="http://100.64.0.1/img.png", expect=blocked, reason="reserved address"
+            ),
+            dict(
+                name="2130706433 (decimal)",
+                ref=f"http://2130706433:{p}/img.png",
+                expect=blocked,
+                reason="loopback address",
+            ),
+            dict(name="0x7f.1 (hex)", ref=f"http://0x7f.1:{p}/img.png", expect=blocked, reason="loopback address"),
+            dict(
+                name="0177.0.0.1 (octal)",
+                ref=f"http://0177.0.0.1:{p}/img.png",
+                expect=blocked,
+                reason="loopback address",
+            ),
+            dict(
+                name="0xA9FEA9FE (hex metadata)", ref="http://0xA9FEA9FE/", expect=blocked, reason="link-local address"
+            ),
+            dict(
+                name="[::ffff:127.0.0.1] (mapped)",
+                ref=f"http://[::ffff:127.0.0.1]:{p}/img.png",
+                expect=blocked,
+                reason="loopback address",
+            ),
+            dict(
+                name="[::ffff:a9fe:a9fe] (mapped)",
+                ref="http://[::ffff:a9fe:a9fe]/",
+                expect=blocked,
+                reason="link-local address",
+            ),
+            dict(
+                name="999.0.0.1 (malformed)",
+                ref=f"http://999.0.0.1:{p}/img.png",
+                expect=blocked,
+                reason="malformed address",
+            ),
+            dict(
+                name="name -> 127.0.0.1",
+                ref=f"http://loopback.example:{p}/img.png",
+                expect=blocked,
+                reason="loopback address",
+            ),
+            dict(
+                name="name -> public + 10.0.0.1",
+                ref=f"http://mixed.example:{p}/img.png",
+                expect=blocked,
+                reason="private address",
+            ),
+            dict(
+                name="public name -302-> metadata",
+                ref=f"http://public.example:{p}/to-metadata",
+                expect=blocked,
+                reason="link-local address",
+                hops_allowed={("127.0.0.1", p)},
+            ),
+            dict(
+                name="public name -302-> decimal loopback",
+                ref=f"http://public.example:{p}/to-decimal",
+                expect=blocked,
+                reason="loopback address",
+                hops_allowed={("127.0.0.1", p)},
+            ),
+            dict(
+                name="public name -302-> name -> loopback",
+                ref=f"http://public.example:{p}/to-loopback-name",
+                expect=blocked,
+                reason="loopback address",
+                hops_allowed={("127.0.0.1", p)},
+            ),
+            dict(
+                name="public name -302-> file://",
+                ref=f"http://public.example:{p}/to-file",
+                expect=blocked,
+                reason="not an http(s) URL",
+                hops_allowed={("127.0.0.1", p)},
+            ),
+            dict(
+                name="public name: 6 redirects",
+                ref=f"http://public.example:{p}/loop0",
+                expect=blocked,
+                reason="more than 3 redirects",
+                hops_allowed={("127.0.0.1", p)},
+            ),
+            dict(
+                name="public name -302-> Label Studio upload",
+                ref=f"http://public.example:{p}/to-ls-upload",
+                expect="HTTP 401",  # followed (Label Studio is exempt) but without the key
+                reason="answered HTTP 401",
+                hops_allowed={("127.0.0.1", p), ("127.0.0.1", ls.port)},
+            ),
+            dict(
+                name="/api/projects/1/export",
+                ref="/api/projects/1/export",
+                expect=blocked,
+                reason="not a Label Studio media path",
+            ),
+            dict(
+                name="/data/upload/../../api/...",
+                ref="/data/upload/../../api/projects/1/export",
+                expect=blocked,
+                reason="not a Label Studio media path",
+            ),
+            dict(
+                name="/data/upload/%2e%2e/...",
+                ref="/data/upload/%2e%2e/%2e%2e/api/projects/1/export",
+                expect=blocked,
+                reason="not a Label Studio media path",
+            ),
+            dict(
+                name="presign -302-> private address",
+                ref="/tasks/8/presign/?fileuri=eA%3D%3D",
+                expect=blocked,
+                reason="private address",
+                hops_allowed={("127.0.0.1", ls.port)},
+            ),
+            dict(
+                name="Label Studio upload (PAT)",
+                ref="/data/upload/1/a.png",
+                expect=ok,
+                hops_allowed={("127.0.0.1", ls.port)},
+            ),
+            dict(
+                name="Label Studio presign -302-> allowed bucket",
+                ref=presign,
+                expect=ok,
+                hops_allowed={("127.0.0.1", ls.port), ("127.0.0.1", p)},
+            ),
+            dict(
+                name="allowed host (IMAGE_ALLOWED_HOSTS)",
+                ref=f"http://public.example:{p}/img.png",
+                expect=ok,
+                hops_allowed={("127.0.0.1", p)},
+            ),
+        ],
+        names,
+        allowed,
+    )
 
 
 def _fetcher(ls: Server, names: dict, allowed: tuple, **kwargs) -> ImageFetcher:
@@ -439,9 +447,7 @@ def test_resolved_address_is_pinned(ls, host_b, network):
         calls.append(host)
         return next(answers)
 
-    fetcher = ImageFetcher(
-        LIMITS, ssrf=SsrfPolicy(allowed_hosts=("rebind.example",)), resolver=rebinding
-    )
+    fetcher = ImageFetcher(LIMITS, ssrf=SsrfPolicy(allowed_hosts=("rebind.example",)), resolver=rebinding)
     assert fetcher.load(f"http://rebind.example:{host_b.port}/img.png").original_width == 32
     assert calls == ["rebind.example"]
     assert network.connects == [("127.0.0.1", host_b.port)]

@@ -109,8 +109,15 @@ class FakeClicker:
     def segment(self, image, points, labels, box, classes=(), task_key=None, class_template="a photo of a {}"):
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         self.calls.append(
-            dict(points=points, labels=labels, box=box, classes=list(classes), task_key=task_key,
-                 class_template=class_template, shape=image.shape[:2])
+            dict(
+                points=points,
+                labels=labels,
+                box=box,
+                classes=list(classes),
+                task_key=task_key,
+                class_template=class_template,
+                shape=image.shape[:2],
+            )
         )
         height, width = image.shape[:2]
         mask = np.zeros((height, width), bool)
@@ -122,9 +129,7 @@ class FakeClicker:
             x, y = int(x), int(y)
             mask[max(0, y - half) : y + half, max(0, x - half) : x + half] = bool(label)
         classes = list(classes)
-        return ClickResult(
-            mask, "a clicked thing", 0.3, 0.9, classes[0] if classes else None, 0.7 if classes else None
-        )
+        return ClickResult(mask, "a clicked thing", 0.3, 0.9, classes[0] if classes else None, 0.7 if classes else None)
 
 
 class FakeMethods:

@@ -171,8 +171,18 @@ def test_a_click_crosses_to_the_child_typed_and_comes_back_as_one_region(process
         "tasks": [{"id": 3, "data": {"image": image}}],
         "label_config": label_config,
         "project": "1.1",
-        "params": {"context": {"result": [{"type": "rectanglelabels", "from_name": "box", "to_name": "image",
-                                           "value": {"x": 25, "y": 50, "width": 50, "height": 50}}]}},
+        "params": {
+            "context": {
+                "result": [
+                    {
+                        "type": "rectanglelabels",
+                        "from_name": "box",
+                        "to_name": "image",
+                        "value": {"x": 25, "y": 50, "width": 50, "height": 50},
+                    }
+                ]
+            }
+        },
     }
     reply = client.post("/predict", json=body).json
     (prediction,) = reply["results"]

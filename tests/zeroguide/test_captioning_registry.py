@@ -171,9 +171,9 @@ def test_command_line_caches_through_with_cache_dir(tmp_path):
     args = parser.parse_args(["image.png", "--out", "out", "--captioner", "zerocap", "--cache-dir", str(tmp_path)])
     preset = {"captioner": "retrieval", "captioner_options": {"alternatives": 1}}
     settings = settings_from_args(args, preset)
-    assert captioner_settings("zerocap", settings.captioner_options) == ZeroCapSettings(), (
-        "switching captioner drops the other captioner's options"
-    )
+    assert (
+        captioner_settings("zerocap", settings.captioner_options) == ZeroCapSettings()
+    ), "switching captioner drops the other captioner's options"
 
 
 def test_captioning_package_exports_lazily():

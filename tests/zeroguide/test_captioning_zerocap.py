@@ -135,9 +135,7 @@ def test_beam_search_matches_a_plain_loop_reference(models):
 
     captioner._next_token_distribution = fake_step
     beams = captioner.generate(F.normalize(torch.ones(32), dim=0))
-    expected = reference_beam_search(
-        lambda tokens: fake_probs(tokens).float().double().tolist(), vocabulary, 3, 5, end
-    )
+    expected = reference_beam_search(lambda tokens: fake_probs(tokens).float().double().tolist(), vocabulary, 3, 5, end)
     assert [beam.text for beam in beams] == [language.tokenizer.decode(tokens) for tokens, _ in expected]
     assert [beam.score for beam in beams] == pytest.approx([score for _, score in expected], abs=1e-4)
 
@@ -170,7 +168,12 @@ def test_caption_keeps_the_beam_clip_likes_best_even_in_inference_mode(models):
 
 def test_settings_defaults_are_the_papers_and_bad_values_are_refused(models):
     settings = ZeroCapSettings()
-    assert (settings.prompt, settings.beam_size, settings.max_tokens, settings.num_iterations) == ("Image of a", 5, 15, 5)
+    assert (settings.prompt, settings.beam_size, settings.max_tokens, settings.num_iterations) == (
+        "Image of a",
+        5,
+        15,
+        5,
+    )
     assert (settings.step_size, settings.clip_loss_scale, settings.clip_loss_temperature) == (0.3, 1.0, 0.01)
     assert (settings.fluency_scale, settings.top_k_candidates, settings.end_factor) == (0.2, 512, 1.01)
     assert (settings.fusion_factor, settings.grad_norm_factor, settings.forbidden_factor) == (0.99, 0.9, 20.0)

@@ -205,7 +205,10 @@ def test_batched_description_in_waves_gives_the_same_segments(seed):
     descriptions = {node: description(node) for node in masks}
     one_by_one = merge_segments(candidates.tree, masks, descriptions, lambda n, m: description(n))
     waves = merge_segments(
-        candidates.tree, masks, descriptions, lambda n, m: pytest.fail("describe_batch must be used"),
+        candidates.tree,
+        masks,
+        descriptions,
+        lambda n, m: pytest.fail("describe_batch must be used"),
         describe_batch=describe_batch,
     )
     assert [s.node_id for s in waves.segments] == [s.node_id for s in one_by_one.segments]

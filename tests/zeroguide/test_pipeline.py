@@ -109,8 +109,17 @@ def test_command_line_writes_json_and_overlay(tmp_path, image, monkeypatch):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
     code = cli_main(
-        [str(tmp_path / "scene.png"), str(tmp_path / "broken.jpg"), "--preset", "tiny", "--out", str(out),
-         "--cache-dir", str(tmp_path / "cache"), "--no-crf"]
+        [
+            str(tmp_path / "scene.png"),
+            str(tmp_path / "broken.jpg"),
+            "--preset",
+            "tiny",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-crf",
+        ]
     )
     assert code == 1, "one of two images failed, and the run says so"
     payload = json.loads((out / "scene.json").read_text())

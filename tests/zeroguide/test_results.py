@@ -42,7 +42,12 @@ def make_result() -> ZeroGuidanceResult:
 def test_segment_fields():
     assert Segment is ResultsSegment
     assert [f.name for f in dataclasses.fields(Segment)] == [
-        "mask", "text", "embedding", "text_score", "merge_score", "node_id",
+        "mask",
+        "text",
+        "embedding",
+        "text_score",
+        "merge_score",
+        "node_id",
     ]
     merged, unmerged = make_result().segments
     assert merged.merge_score == 0.85 and merged.text_score == 0.31

@@ -316,9 +316,7 @@ def _block_forward_cached(
         prefix_scores = prefix_scores.masked_fill(~visible[:, None, None, :], float("-inf"))
         weights = torch.cat([prefix_scores, tail_scores[start:stop]], dim=-1).softmax(dim=-1)
         prefix_weights, tail_weights = weights.split([prefix_keys.shape[1], length], dim=-1)
-        outputs.append(
-            torch.einsum("nhtp,hpd->nhtd", prefix_weights, prefix_values) + tail_weights @ value[start:stop]
-        )
+        outputs.append(torch.einsum("nhtp,hpd->nhtd", prefix_weights, prefix_values) + tail_weights @ value[start:stop])
     attended = merge_heads(torch.cat(outputs))
     x = x + block.ls_1(attention.out_proj(attended))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))

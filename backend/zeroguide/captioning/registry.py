@@ -135,9 +135,7 @@ def captioner_class(name: str) -> type[Captioner]:
     return cls
 
 
-def build_captioner(
-    name: str, models: Any, settings: Mapping[str, Any] | CaptionerSettings | None = None
-) -> Captioner:
+def build_captioner(name: str, models: Any, settings: Mapping[str, Any] | CaptionerSettings | None = None) -> Captioner:
     """Build captioner ``name`` on the foundation models.
 
     Args:

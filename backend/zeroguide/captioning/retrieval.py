@@ -131,7 +131,9 @@ class RetrievalCaptioner(Captioner):
             prefix = template[: template.index("{}")].rstrip()
             if prefix and self._encoder.supports_prefix_cache:
                 state = self._encoder.prefix_state(prefix)
-                embedded = self._encoder.encode_continuations([state], [0] * len(texts), texts, self.settings.batch_size)
+                embedded = self._encoder.encode_continuations(
+                    [state], [0] * len(texts), texts, self.settings.batch_size
+                )
             else:
                 embedded = self._encoder.encode(texts, self.settings.batch_size)
             total = embedded if total is None else total + embedded
@@ -186,9 +188,11 @@ def text_tower_fingerprint(clip_model: torch.nn.Module) -> str:
     for tensor in (
         clip_model.positional_embedding,
         clip_model.ln_final.weight,
-        clip_model.text_projection.weight
-        if isinstance(clip_model.text_projection, torch.nn.Linear)
-        else clip_model.text_projection,
+        (
+            clip_model.text_projection.weight
+            if isinstance(clip_model.text_projection, torch.nn.Linear)
+            else clip_model.text_projection
+        ),
         clip_model.token_embedding.weight[:8],
     ):
         data = tensor.detach().to("cpu", torch.float32).contiguous()

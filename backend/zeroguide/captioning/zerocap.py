@@ -314,7 +314,9 @@ class ZeroCapCaptioner(Captioner):
             memo.update(zip(missing, embedded))
         text_embeddings = torch.stack(
             [memo[(row, token)] for row, tokens in enumerate(candidates.tolist()) for token in tokens]
-        ).view(*candidates.shape, -1)  # (rows, k, D)
+        ).view(
+            *candidates.shape, -1
+        )  # (rows, k, D)
         similarities = text_embeddings @ target  # (rows, k) cosine similarities
         target_probs = F.softmax(similarities / settings.clip_loss_temperature, dim=-1).to(log_probs)
         return -(target_probs * log_probs.gather(1, candidates.to(log_probs.device))).sum(-1)
