@@ -49,6 +49,7 @@ import yaml
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
+from backend.service.adapters.base import ZERO_GUIDANCE, LabelConfigError, control_mode
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.importing import uploaded_file_name
@@ -160,10 +161,23 @@ class AnnotatedImage:
     regions: list[Region]
 
 
-def brush_labels(label_config: str, schema: LabelingSchema) -> dict[str, list[str]]:
-    """BrushLabels tag name -> its labels, both in config order."""
+def brush_categories(label_config: str, schema: LabelingSchema) -> Categories:
+    """The category table of the config's BrushLabels tags: each label a category, except the
+    labels of a zero-guidance tag (a colour palette), which are one: its ``model_label``, else its
+    first label (the backend's rule, ``control_mode``)."""
     interface = LabelInterface(label_config)
-    return {name: list(interface.get_control(name).labels or []) for name in schema.brush_controls}
+    controls: dict[str, list[str]] = {}
+    segment_controls: dict[str, str] = {}
+    for name in schema.brush_controls:
+        control = interface.get_control(name)
+        controls[name] = list(control.labels or [])
+        try:
+            zero_guidance = control_mode(control, interface) == ZERO_GUIDANCE
+        except LabelConfigError:  # a bad model_mode: the backend refuses the config; export it as classes
+            zero_guidance = False
+        if zero_guidance and controls[name]:
+            segment_controls[name] = control.attr.get("model_label") or controls[name][0]
+    return Categories.from_controls(controls, segment_controls)
 
 
 def iter_annotated(
@@ -257,7 +271,7 @@ class _InstanceWriter:
 
     def __init__(self, out_dir: Path, project, schema: LabelingSchema, options: ExportOptions):
         self.out_dir, self.project, self.schema, self.options = out_dir, project, schema, options
-        self.categories = Categories.from_controls(brush_labels(project.label_config or "", schema))
+        self.categories = brush_categories(project.label_config or "", schema)
         self.skipped: dict[str, int] = {}
         self.instances = 0
 

@@ -94,22 +94,31 @@ class Categories:
     zero-guidance tag's ``segment``, then the class-mask tag's classes), then labels a region
     carries that the config does not list (a label removed since), in the order they are met.
     ``supercategory`` is the name of the tag that lists the label.
+
+    A zero-guidance tag's labels are a colour palette (backend/service/palette.py), not classes:
+    every label of such a tag (``segment_controls``: tag name -> its category, the first label)
+    is that one category.
     """
 
     names: list[str] = field(default_factory=list)
     supercategories: list[str] = field(default_factory=list)
+    segment_controls: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_controls(cls, controls: Mapping[str, Sequence[str]]) -> "Categories":
-        """``controls``: BrushLabels tag name -> its labels, in config order."""
-        categories = cls()
+    def from_controls(
+        cls, controls: Mapping[str, Sequence[str]], segment_controls: Mapping[str, str] | None = None
+    ) -> "Categories":
+        """``controls``: BrushLabels tag name -> its labels, in config order; ``segment_controls``:
+        the zero-guidance tags among them -> the category of all their labels."""
+        categories = cls(segment_controls=dict(segment_controls or {}))
         for control, labels in controls.items():
             for label in labels:
                 categories.index(label, control)
         return categories
 
     def index(self, label: str, control: str) -> int:
-        """The 0-based index of ``label`` (appended if new)."""
+        """The 0-based index of ``label``'s category (appended if new)."""
+        label = self.segment_controls.get(control, label)
         if label not in self.names:
             self.names.append(label)
             self.supercategories.append(control)

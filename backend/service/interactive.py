@@ -30,7 +30,7 @@ import numpy as np
 
 from .adapters import CLASSES, ZERO_GUIDANCE, ClassMaskAdapter, ControlAdapter, LabelConfigError
 from ..interactive.settings import ClickSettings
-from .adapters.base import TagOptions, is_smart_tool, label_studio_score, per_region_text_areas
+from .adapters.base import TagOptions, applies_to_label, is_smart_tool, label_studio_score, per_region_text_areas
 from .config import ServiceConfig
 from .images import LoadedImage
 from .method_settings import PROJECT_SETTINGS_ATTRIBUTE, click_settings
@@ -250,8 +250,7 @@ class Target:
         own = getattr(self.adapter, "text_area", None)
         areas = ([own] if own is not None else []) + per_region_text_areas(self.interface, self.adapter.control)
         for area in areas:
-            when_label = area.attr.get("whenLabelValue")
-            if when_label is None or when_label == label:
+            if applies_to_label(area, label):
                 return area
         return None
 

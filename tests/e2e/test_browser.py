@@ -1,6 +1,7 @@
 """What people see in Label Studio's editor, in headless chromium at 1400x900.
 
-- the pre-annotations (``test-artifacts/browser-prelabels.png``);
+- the pre-annotations: free-text segments in distinct colours with their texts in the Regions list
+  (``test-artifacts/browser-prelabels.png``);
 - the rating protocol's raters: the first screen of a rating task, key 3 recording a 3
   (``test-artifacts/rating-rater-view.png``), and a second rater who does not see that score in
   their own batch project (``test-artifacts/rating-second-rater.png``). docs/images/ holds copies.
@@ -36,6 +37,9 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 TIMEOUT_MS = 60_000
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+PRELABELS_SCREENSHOT = DOCS_IMAGES / "label-studio-prelabels.png"
+PALETTE_SIZE = 8  # label_config.xml's zero-guidance labels: segment, segment 2, ..., segment 8
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +102,19 @@ def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled,
         assert regions.count() == len(texts)
         step(f"{regions.count()} regions listed")
 
+        # The Regions list itself: free-text segments in distinct colours, each with its text
+        # (label_config.xml: a palette of labels, the caption TextArea in displayMode="region-list").
+        listed = [regions.nth(index).evaluate("""node => ({
+                    label: node.querySelector('.lsf-labels-list')?.innerText.trim() ?? '',
+                    colour: getComputedStyle(node).getPropertyValue('--icon-color').trim(),
+                    texts: [...node.querySelectorAll('textarea')].map(area => area.value).filter(Boolean),
+                })""") for index in range(regions.count())]
+        step(f"Regions list: {listed}")
+        shown_texts = sorted(text for item in listed for text in item["texts"])
+        assert shown_texts == sorted(text for values in texts.values() for text in values)  # every text, in the list
+        segments = [item for item in listed if item["texts"]]
+        colours = [item["colour"] for item in segments]
+        assert len(segments) >= 2 and len(set(colours)) == min(len(colours), PALETTE_SIZE), listed
         details = page.locator(".lsf-detailed-region").first  # "Info" panel of the selected region
 
         def selected_region(previous: str | None) -> tuple[str, str]:
@@ -126,9 +143,10 @@ def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled,
         page.screenshot(path=str(artifacts_dir / "browser-prelabels.png"))
         step("screenshot saved")
         page.close()
+    shutil.copyfile(artifacts_dir / "browser-prelabels.png", PRELABELS_SCREENSHOT)
 
 
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "label-studio-interactive.png"
+DOCS_SCREENSHOT = DOCS_IMAGES / "label-studio-interactive.png"
 
 
 def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(

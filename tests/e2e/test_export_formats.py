@@ -43,13 +43,23 @@ def brush_mask(item: dict) -> np.ndarray:
 
 
 def config_labels() -> list[str]:
-    """Every BrushLabels label of label_config.xml, in config order, each once."""
+    """The categories of label_config.xml, in config order, each once: every BrushLabels label,
+    except that a zero-guidance tag's labels (a colour palette) are one category, its first label."""
     interface = LabelInterface(LABEL_CONFIG.read_text())
     names: list[str] = []
     for control in interface.controls:
         if control.tag == "BrushLabels":
-            names += [label for label in control.labels if label not in names]
+            labels = control.labels[:1] if control.attr.get("model_mode") == "zero-guidance" else control.labels
+            names += [label for label in labels if label not in names]
     return names
+
+
+def category(item: dict) -> str:
+    """The category a brush region is exported under (see config_labels)."""
+    control = LabelInterface(LABEL_CONFIG.read_text()).get_control(item["from_name"])
+    if control.attr.get("model_mode") == "zero-guidance":
+        return control.labels[0]
+    return item["value"]["brushlabels"][0]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +109,7 @@ def test_coco_export_decodes_to_the_annotation(annotated, label_studio, tmp_path
     assert sorted(anns) == sorted(item["id"] for item in brushes)
     for item in brushes:
         ann, expected = anns[item["id"]], brush_mask(item)
-        assert names[ann["category_id"]] == item["value"]["brushlabels"][0]
+        assert names[ann["category_id"]] == category(item)
         decoded = coco.annToMask(ann).astype(bool)
         np.testing.assert_array_equal(decoded, expected if masks == "rle" else ndimage.binary_fill_holes(expected))
         assert ann["area"] == int(expected.sum()) and ann["iscrowd"] == 0
@@ -131,7 +141,7 @@ def test_yolo_export_rasterises_to_the_annotation(annotated, label_studio, tmp_p
     expected: dict[int, np.ndarray] = {}
     for item in result:
         if item["type"] == "brushlabels" and brush_mask(item).any():
-            index = names.index(item["value"]["brushlabels"][0])
+            index = names.index(category(item))
             mask = ndimage.binary_fill_holes(brush_mask(item))
             expected[index] = expected.get(index, np.zeros_like(mask)) | mask
     assert sorted(drawn) == sorted(expected)

@@ -105,6 +105,23 @@ def test_categories_come_from_the_config_then_new_labels():
     assert categories.coco()[0] == {"id": 1, "name": "segment", "supercategory": "segment"}
 
 
+def test_a_zero_guidance_palette_is_one_category():
+    from pathlib import Path
+
+    from plugin.dataset import brush_categories
+    from plugin.schema import LabelingSchema
+
+    config = (Path(__file__).resolve().parents[2] / "label_config.xml").read_text()
+    categories = brush_categories(config, LabelingSchema.from_config(config))
+    # the palette's eight colours are one category, "segment"; then the classes
+    assert categories.names == ["segment", "person", "dog", "cat", "tree", "sky", "road"]
+    assert categories.index("segment 5", "segment") == 0 and categories.index("segment", "segment") == 0
+    assert categories.index("cat", "class_mask") == 3
+    # model_label names the category; a label of that name under another tag stays the same category name
+    categories = Categories.from_controls({"z": ["a", "b"], "c": ["dog"]}, {"z": "b"})
+    assert categories.names == ["b", "dog"] and categories.index("a", "z") == 0
+
+
 # -------------------------------------------------------------------------------- export
 def brush(region_id, control, label, mask):
     return {

@@ -61,6 +61,13 @@ def test_repository_label_config_parses_and_selects_both_methods(config):
     assert len(by_name["class_mask"].classes) >= 3
     rating = interface.get_control("rating")
     assert rating.labels == ["0", "1", "2", "3"] and rating.attr["perRegion"] == "true"
+    # the segment colours: a palette of distinct colours, every one rated and captioned, texts in the Regions list
+    palette = by_name["segment"].palette
+    assert len(palette) >= 6 and palette[0] == "segment"
+    colours = [by_name["segment"].control.labels_attrs[label].attr["background"].lower() for label in palette]
+    assert len(set(colours)) == len(colours)
+    assert rating.attr["whenLabelValue"].split(",") == list(palette)
+    assert interface.get_control("caption").attr["displayMode"] == "region-list"
 
 
 @pytest.mark.parametrize(
@@ -400,3 +407,60 @@ def test_class_masks_and_named_segments_also_come_as_boxes(config):
     assert [texts[b["id"]] for b in boxes] == ["a left half", "a right half"]
     assert boxes[0]["value"]["width"] == 50.0 and boxes[0]["score"] == 0.9
     assert len(methods.predictors[-1].calls) == 1 and methods.segmenters[-1].calls == 1
+
+
+class FourStrips(FakeMethods):
+    """Zero-guidance stand-in: four vertical strips side by side, best first from the left."""
+
+    def zero_guidance(self, models, settings):
+        segmenter = super().zero_guidance(models, settings)
+
+        def segment(image):
+            height, width = image.shape[:2]
+            segments = []
+            for index in range(4):
+                mask = np.zeros((height, width), bool)
+                mask[:, index * width // 4 : (index + 1) * width // 4] = True
+                segments.append(fake_segment(mask, f"strip {index}", 0.9 - 0.1 * index, index))
+            return ZeroGuidanceResult(segments, (height, width), settings, "v", "tiny", True)
+
+        segmenter.segment = segment
+        return segmenter
+
+
+PALETTE_XML = view(
+    '<BrushLabels name="z" toName="image" model_mode="zero-guidance" {extra}>'
+    '<Label value="segment"/><Label value="segment 2"/><Label value="segment 3"/></BrushLabels>',
+    '<TextArea name="t" toName="image" perRegion="true" displayMode="region-list"'
+    ' whenLabelValue="segment,segment 2,segment 3"/>',
+)
+
+
+def test_zero_guidance_labels_are_a_palette_touching_segments_differ(config):
+    (adapter,), _ = adapters_for(PALETTE_XML.format(extra=""), config, FourStrips())
+    assert adapter.palette == ("segment", "segment 2", "segment 3") and adapter.label == "segment"
+    assert adapter.text_area.name == "t"  # whenLabelValue lists the whole palette
+    results = adapter.predict_regions(loaded(32, 24), {})
+    brushes = [r for r in results if r["type"] == "brushlabels"]
+    # strips 0..3 in a row, three colours: each its least used free colour (tests/service/test_palette.py)
+    assert [b["value"]["brushlabels"] for b in brushes] == [["segment"], ["segment 2"], ["segment 3"], ["segment"]]
+    texts = {r["id"]: r["value"]["text"] for r in results if r["type"] == "textarea"}
+    assert [texts[b["id"]] for b in brushes] == [["strip 0"], ["strip 1"], ["strip 2"], ["strip 3"]]
+
+
+def test_model_label_names_one_label_for_every_segment(config):
+    (adapter,), _ = adapters_for(PALETTE_XML.format(extra='model_label="segment 2"'), config, FourStrips())
+    results = adapter.predict_regions(loaded(32, 24), {})
+    assert {r["value"]["brushlabels"][0] for r in results if r["type"] == "brushlabels"} == {"segment 2"}
+
+
+def test_a_text_area_for_part_of_the_palette_is_not_the_segments_text_area(config):
+    xml = view(
+        '<BrushLabels name="z" toName="image" model_mode="zero-guidance">'
+        '<Label value="a"/><Label value="b"/></BrushLabels>',
+        '<TextArea name="only_a" toName="image" perRegion="true" whenLabelValue="a"/>',
+        '<TextArea name="spaced" toName="image" perRegion="true" whenLabelValue="a, b"/>',  # the editor: "a", " b"
+        '<TextArea name="both" toName="image" perRegion="true" whenLabelValue="b,a"/>',
+    )
+    (adapter,), _ = adapters_for(xml, config)
+    assert adapter.text_area.name == "both"

@@ -71,6 +71,14 @@ def per_region_text_areas(interface: Any, control: Any) -> list[Any]:
     return found
 
 
+def applies_to_label(control: Any, label: str) -> bool:
+    """Whether a per-region tag shows for regions labelled ``label``: Label Studio's
+    ``whenLabelValue`` rule (absent; the label; or a comma-separated list naming it, split at each
+    comma with no trimming, as the editor does)."""
+    when_label = control.attr.get("whenLabelValue")
+    return when_label is None or when_label == label or label in when_label.split(",")
+
+
 def is_smart_tool(control: Any) -> bool:
     """A ``smart="true"`` / ``smartOnly="true"`` tag: the annotator's prompt tool for interactive
     clicks and boxes, not a place for pre-annotations."""

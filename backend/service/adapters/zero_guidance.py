@@ -1,8 +1,13 @@
 """Zero-guidance segmentation on a BrushLabels (or PolygonLabels) tag: segments with free text.
 
 Each segment becomes one region: its mask (brush RLE, or one polygon per connected component)
-labelled with the tag's label, plus a result of the per-region ``TextArea`` carrying the
+labelled with one of the tag's labels, plus a result of the per-region ``TextArea`` carrying the
 generated text under the **same region id**.
+
+The tag's labels are a palette (backend/service/palette.py): all mean "a zero-guidance segment"
+and differ only in colour, so each segment gets one and touching segments get different ones.
+``model_label="..."`` names a single label for every segment instead (the palette then has one
+entry); the first palette entry is the tag's ``label`` (the category exports use).
 
 The region score is the segment's ``text_score``: the CLIP cosine similarity between the segment's
 embedding and its text's (section 3.3; about 0.2-0.35 with real CLIP weights), defined for every
@@ -18,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ...zeroguide.results import ZeroGuidanceResult
+from ...zeroguide.results import Segment, ZeroGuidanceResult
 from ..images import LoadedImage
 from ..method_settings import PROJECT_SETTINGS_ATTRIBUTE, zero_guidance_settings
+from ..palette import palette_indices
 from .base import (
     ZERO_GUIDANCE,
     BoxShape,
@@ -28,6 +34,7 @@ from .base import (
     ControlAdapter,
     LabelConfigError,
     PolygonShape,
+    applies_to_label,
     label_studio_score,
     per_region_text_areas,
 )
@@ -46,11 +53,13 @@ class ZeroGuidanceAdapter(ControlAdapter):
                 f'<{self.tag} name="{self.from_name}"> needs one <Label> for zero-guidance segments, '
                 'e.g. <Label value="segment"/>'
             )
-        self.label = self.options.text("model_label", labels[0])
-        if self.label not in labels:
+        chosen = self.options.text("model_label")
+        if chosen is not None and chosen not in labels:
             raise LabelConfigError(
-                f'<{self.tag} name="{self.from_name}" model_label="{self.label}">: not one of its labels {labels}'
+                f'<{self.tag} name="{self.from_name}" model_label="{chosen}">: not one of its labels {labels}'
             )
+        self.palette: tuple[str, ...] = (chosen,) if chosen is not None else tuple(labels)
+        self.label = self.palette[0]
         self.text_area = self._find_text_area()
         self.settings = self.options.project_settings(
             PROJECT_SETTINGS_ATTRIBUTE, lambda project, where: zero_guidance_settings(self.config, project, where)
@@ -68,8 +77,7 @@ class ZeroGuidanceAdapter(ControlAdapter):
                 f'<TextArea name="{wanted}" perRegion="true"> on the same image'
             )
         for area in candidates:
-            when_label = area.attr.get("whenLabelValue")
-            if when_label is None or when_label == self.label:
+            if all(applies_to_label(area, label) for label in self.palette):
                 return area
         logger.info('<%s name="%s">: no per-region TextArea, segments get no text', self.tag, self.from_name)
         return None
@@ -79,6 +87,7 @@ class ZeroGuidanceAdapter(ControlAdapter):
             **super().version_inputs(),
             "method": ZERO_GUIDANCE,
             "label": self.label,
+            "palette": list(self.palette),
             "text_area": self.text_area.name if self.text_area is not None else None,
             "settings": self.settings.to_dict(),
         }
@@ -92,10 +101,9 @@ class ZeroGuidanceAdapter(ControlAdapter):
         result: ZeroGuidanceResult = cache[key]
         segments = sorted(result.segments, key=lambda segment: -segment.text_score)  # best first
         options = self.label_options[self.label]  # the label's own threshold and cap, else the tag's
-        results: list[dict] = []
-        kept = 0
+        kept: list[tuple[Segment, np.ndarray, float | None]] = []  # segment, mask at the original size, score
         for segment in segments:
-            if kept >= options.max_regions:
+            if len(kept) >= options.max_regions:
                 break
             score = label_studio_score(segment.text_score)
             if score is not None and score < options.score_threshold:
@@ -103,12 +111,16 @@ class ZeroGuidanceAdapter(ControlAdapter):
             mask = image.mask_to_original(np.asarray(segment.mask))
             if not mask.any() or int(mask.sum()) < self.min_area:
                 continue
+            kept.append((segment, mask, score))
+        # colours from the masks the model saw (cheaper than the originals; the same contacts)
+        colours = palette_indices([np.asarray(segment.mask, dtype=bool) for segment, _, _ in kept], len(self.palette))
+        results: list[dict] = []
+        for (segment, mask, score), colour in zip(kept, colours):
             text = segment.text.strip()
-            for shape in self.shape_results(image, mask, self.label, score):
+            for shape in self.shape_results(image, mask, self.palette[colour], score):
                 results.append(shape)
                 if self.text_area is not None and text:
                     results.append(self._text_result(shape, text))
-            kept += 1
         return results
 
     def _text_result(self, shape: dict, text: str) -> dict:
