@@ -17,7 +17,15 @@ from typing import Iterable, Mapping, Sequence
 from backend.evaluation.rating import RATERS_PER_SEGMENT
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
-from plugin.rating.config import BATCH_KEY, BATCHES_KEY, LINK_KEYS, RATING_CONTROL, SCORES, TEXT_KEY
+from plugin.rating.config import (
+    BATCH_KEY,
+    BATCHES_KEY,
+    LINK_KEYS,
+    RATING_CONTROL,
+    SCORES,
+    TEXT_KEY,
+    is_rating_config,
+)
 from plugin.rating.lookup import get_project
 
 SegmentKey = tuple[int, str]  # (source task, region)
@@ -283,6 +291,35 @@ def _project_batch(project_id: int, tasks: Sequence[Mapping]) -> tuple[int, int,
     return source, batch, batches
 
 
+def rating_projects_of(connection: LabelStudioConnection, source_project_id: int) -> list[tuple[int, str]]:
+    """``[(id, title)]`` of the rating projects ``rate setup`` made for a source project: projects
+    with a rating label config whose first task rates that project."""
+    found = []
+    for project in connection.call(list, connection.call(connection.client.projects.list)):
+        if project.id == source_project_id or not is_rating_config(project.label_config or ""):
+            continue
+        pager = connection.call(connection.client.tasks.list, project=project.id, fields="all", page_size=1)
+        first = next(iter(connection.call(list, pager)), None)
+        data = (first.data or {}) if first is not None else {}
+        if str(data.get("source_project")) == str(source_project_id):
+            found.append((project.id, project.title))
+    return sorted(found)
+
+
+def _not_a_rating_project(connection: LabelStudioConnection, project_id: int) -> str:
+    """What to say when ``collect`` is given a project that is not a rating project."""
+    said = f"project {project_id} is not a rating project (its label config is not the 0-3 rating one)"
+    rating = rating_projects_of(connection, project_id)
+    if not rating:
+        return (
+            f"{said}, and no rating project rates it yet: run `python -m plugin rate setup --project {project_id}` "
+            "first, then collect the projects it names"
+        )
+    listed = ", ".join(f"{rid} ({title!r})" for rid, title in rating)
+    ids = " ".join(str(rid) for rid, _ in rating)
+    return f"{said}; its rating projects are {listed}: python -m plugin rate collect --project {ids} --out ..."
+
+
 def collect_ratings(
     connection: LabelStudioConnection, project_ids: int | Sequence[int], raters_per_segment: int | None = None
 ) -> CollectedRatings:
@@ -303,6 +340,9 @@ def collect_ratings(
         raise PluginError(f"give each rating project once, got {ids}")
     projects = {project_id: get_project(connection, project_id) for project_id in ids}
     tasks = {project_id: _read_tasks(connection, project_id) for project_id in ids}
+    for project_id in ids:
+        if not is_rating_config(projects[project_id].label_config or ""):
+            raise PluginError(_not_a_rating_project(connection, project_id))
     batches = {project_id: _project_batch(project_id, tasks[project_id]) for project_id in ids}
     if all(found is None for found in batches.values()):
         if len(ids) > 1:

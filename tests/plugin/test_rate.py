@@ -629,7 +629,27 @@ def test_collect_with_no_rating_yet(fake, tmp_path, capsys):
 def test_collect_refuses_a_project_that_is_not_a_rating_project(fake, source, tmp_path, capsys):
     project_id, _ = source
     assert main(["rate", "collect", "--project", str(project_id), "--out", str(tmp_path / "r.json")]) == 2
-    assert "was not made by `python -m plugin rate setup`" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"project {project_id} is not a rating project" in error
+    assert f"run `python -m plugin rate setup --project {project_id}` first" in error
+
+
+def test_collect_on_the_source_project_names_its_rating_projects(fake, source, tmp_path, capsys):
+    project_id, _ = source
+    assert main(["rate", "setup", "--project", str(project_id)]) == 0
+    capsys.readouterr()
+    other = fake.add_project("Rating of project 99 (rater batch 1/1)", rating_label_config(1))
+    fake.add_task(other, batch_data(5, "z", "text z", 1, batches=1, source_project=99), [])
+    rating = sorted(
+        pid for pid, p in fake.projects.items() if pid not in (project_id, other) and "Rating" in p["title"]
+    )
+    assert len(rating) == 3
+    assert main(["rate", "collect", "--project", str(project_id), "--out", str(tmp_path / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert f"project {project_id} is not a rating project" in error
+    assert f"python -m plugin rate collect --project {' '.join(map(str, rating))} --out" in error
+    assert str(other) not in error.split("its rating projects are")[1].split(":")[0].split()
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_ratings_from_tasks_keeps_raters_per_segment():
