@@ -79,7 +79,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     WEIGHTS_DIR=/weights \
     HF_HOME=/weights/huggingface \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    OMP_WAIT_POLICY=PASSIVE
 
 VOLUME ["/data/model_dir"]
 EXPOSE 9090

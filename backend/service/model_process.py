@@ -77,6 +77,7 @@ from .runtime import (
 logger = logging.getLogger(__name__)
 
 CHILD_NICENESS = 10
+DEFAULT_OMP_WAIT_POLICY = "PASSIVE"  # unless the operator set OMP_WAIT_POLICY
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 # PREDICT_TIMEOUT when unset: several times the slowest call seen on the preset's usual hardware
 # (tiny: random weights, ~1-3 s a call on 2 cores; cpu: ~10-60 s on a laptop CPU; paper: big
@@ -131,6 +132,9 @@ def default_method_library(config: ServiceConfig) -> MethodLibrary:
 
 def _child_main(conn: Any, config: ServiceConfig, methods_factory: Callable[[ServiceConfig], MethodLibrary]) -> None:
     """Entry point of the model process."""
+    # Before torch loads (OpenMP reads it once): idle OpenMP threads sleep instead of spinning, so
+    # they do not starve the HTTP process and other jobs on a small machine (docs/models.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", DEFAULT_OMP_WAIT_POLICY)
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
     try:
         os.nice(CHILD_NICENESS)

@@ -1,5 +1,6 @@
 """Picklable fake methods for the model-process tests (imported by the spawned child: keep light)."""
 
+import json
 import os
 import re
 import time
@@ -144,6 +145,15 @@ class QuickMethods:
 
 def quick_library(config) -> QuickMethods:
     return QuickMethods(Path(config.model_dir))
+
+
+def environment_reporting_library(config) -> QuickMethods:
+    """quick_library, after writing what the child saw before any model loaded."""
+    import sys
+
+    report = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch_loaded": "torch" in sys.modules}
+    write_atomically(Path(config.model_dir) / "environment.json", json.dumps(report))
+    return quick_library(config)
 
 
 def child_training_hook(request) -> dict:

@@ -1,6 +1,7 @@
 """The models in a child process: /health answers while model code holds the interpreter lock;
 errors, crashes and training cross the process boundary."""
 
+import json
 import os
 import threading
 import time
@@ -13,7 +14,13 @@ from backend.service.masks import rle_to_mask
 from backend.service.model_process import ProcessModelRuntime
 
 from .conftest import FakeLabelStudio, load_recorded, png_bytes, sample_image
-from .process_fakes import CRASH_CLUSTERS, HOG_CLUSTERS, RAISE_CLUSTERS, quick_library
+from .process_fakes import (
+    CRASH_CLUSTERS,
+    HOG_CLUSTERS,
+    RAISE_CLUSTERS,
+    environment_reporting_library,
+    quick_library,
+)
 
 CONFIG_XML = load_recorded("setup.json")["body"]["schema"]
 
@@ -235,3 +242,20 @@ def test_the_in_process_runtime_waits_a_bounded_time_too(config):
     worker.join(5)
     with runtime.inference_lock:  # free again
         pass
+
+
+@pytest.mark.parametrize("operator_value", [None, "ACTIVE"])
+def test_the_child_sleeps_its_idle_openmp_threads_unless_told_otherwise(config, monkeypatch, operator_value):
+    if operator_value is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", operator_value)
+    config.model_dir.mkdir(parents=True, exist_ok=True)
+    runtime = ProcessModelRuntime(config, environment_reporting_library)
+    try:
+        runtime.wait_until_ready(120)
+        report = json.loads((config.model_dir / "environment.json").read_text())
+    finally:
+        runtime.stop()
+    # set before torch could read it (the child loads no torch before its methods)
+    assert report == {"OMP_WAIT_POLICY": operator_value or "PASSIVE", "torch_loaded": False}
