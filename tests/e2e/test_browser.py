@@ -366,3 +366,80 @@ def test_rater_rates_with_key_3_on_one_screen_and_a_second_rater_sees_no_score(
         step("second rater: the first rater's project shows its score (the documented limit)")
     finally:
         page.close()
+
+
+WEB_UI_SCREENSHOTS = {
+    "connect": DOCS_IMAGES / "label-studio-connect-model.png",
+    "actions": DOCS_IMAGES / "label-studio-retrieve-predictions.png",
+    "predicted": DOCS_IMAGES / "label-studio-predictions-listed.png",
+}
+
+
+def test_web_ui_path_connects_the_backend_and_retrieves_predictions(
+    browser, label_studio, api_keys, backend_for, e2e_images, artifacts_dir
+):
+    """docs/label-studio.md "In the web UI": a project without a backend (``plugin setup
+    --no-backend``), then by hand: Settings > Model > Connect Model (name, URL, interactive),
+    Validate and Save; Data Manager: select all, the "N Tasks" menu, Retrieve Predictions, OK.
+    Label Studio then holds a prediction of our backend for every task. The screenshots go to docs/."""
+    from tests.e2e.conftest import LABEL_CONFIG, run_plugin
+
+    backend = backend_for("legacy")
+    made = run_plugin(
+        ["setup", "--title", "e2e web ui", "--config", str(LABEL_CONFIG), "--no-backend"]
+        + ["--images", str(e2e_images), "--json"],
+        label_studio.url,
+        api_keys["legacy"],
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    project_id = json.loads(made.stdout.strip().splitlines()[-1])["project_id"]
+    client = LabelStudio(base_url=label_studio.url, api_key=api_keys["legacy"])
+    task_ids = [task.id for task in client.tasks.list(project=project_id)]
+    assert task_ids and not client.ml.list(project=project_id)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    shots = {name: artifacts_dir / f"web-ui-{name}.png" for name in WEB_UI_SCREENSHOTS}
+    try:
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", label_studio.email)
+        page.fill("input[name=password]", label_studio.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+
+        page.goto(f"{label_studio.url}/projects/{project_id}/settings/ml")  # Settings > Model
+        page.locator("button", has_text="Connect Model").first.click()
+        page.fill("input[name=title]", "zero-guidance + FMbSeg")
+        page.fill("input[name=url]", backend.url)
+        page.locator("input[name=is_interactive]").check(force=True)  # the smart tools' clicks
+        page.screenshot(path=str(shots["connect"]))
+        page.locator("button", has_text="Validate and Save").click()
+        page.get_by_text("Connected", exact=True).first.wait_for()
+        (record,) = client.ml.list(project=project_id)
+        assert record.url.rstrip("/") == backend.url.rstrip("/") and record.is_interactive
+
+        page.goto(f"{label_studio.url}/projects/{project_id}/data")  # the Data Manager
+        page.locator("input[type=checkbox]").first.check(force=True)  # select all
+        page.locator("button", has_text=f"{len(task_ids)} Tasks").first.click()
+        page.get_by_text("Retrieve Predictions", exact=True).first.wait_for()
+        page.screenshot(path=str(shots["actions"]))
+        page.get_by_text("Retrieve Predictions", exact=True).first.click()
+        page.locator("button", has_text="OK").click()
+
+        deadline = time.monotonic() + 180
+        while True:
+            predicted = {prediction.task for prediction in client.predictions.list(project=project_id)}
+            if predicted >= set(task_ids):
+                break
+            assert time.monotonic() < deadline, f"predictions for {sorted(predicted)} of {task_ids} after 180 s"
+            time.sleep(2)
+        for task_id in task_ids:
+            (prediction,) = client.predictions.list(task=task_id)
+            assert any(item["type"] == "brushlabels" for item in prediction.result), prediction.result
+        page.reload()
+        page.get_by_text(f"Predictions: {len(task_ids)}").first.wait_for()  # the Data Manager's footer
+        page.screenshot(path=str(shots["predicted"]))
+    finally:
+        page.close()
+    for name, target in WEB_UI_SCREENSHOTS.items():
+        shutil.copyfile(shots[name], target)
