@@ -3,8 +3,8 @@
 For a machine with network (``make run`` calls it), a Docker image, or an air-gapped copy (fetch
 on one machine, copy the Hugging Face cache and ``WEIGHTS_DIR``). Each model loads the library's
 standard way, which fills its cache; SAM's official checkpoint goes into ``WEIGHTS_DIR`` (default
-``MODEL_DIR/weights``) with its published SHA-256 checked. GPT-2 (for ZeroCap) only with
-``--with-language``. Exit status 0 when everything is there, 2 when something is missing.
+``MODEL_DIR/weights``) with its published SHA-256 checked. GPT-2 (for ZeroCap) with
+``--with-language``, and always for a preset that captions with ZeroCap (``paper``). Exit status 0 when everything is there, 2 when something is missing.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def fetch(preset_name: str, with_language: bool) -> list[str]:
             print(f"{part}: ready", file=sys.stderr)
         except MissingWeightsError as error:
             problems.append(f"{part}: {error}")
-    if with_language:
+    if with_language or preset.method_overrides.get("zeroguide", {}).get("captioner") == "zerocap":
         try:
             _fetch_language(preset.language)
             print("language: ready", file=sys.stderr)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_parser = commands.add_parser("fetch", help="fetch every weight of a preset ahead")
     fetch_parser.add_argument("--preset", default="cpu", choices=list_presets())
-    fetch_parser.add_argument("--with-language", action="store_true", help="also GPT-2, for the ZeroCap captioner")
+    fetch_parser.add_argument("--with-language", action="store_true", help="also GPT-2, for the ZeroCap captioner (always for a preset that captions with it: paper)")
     args = parser.parse_args(argv)
     problems = fetch(args.preset, args.with_language)
     for problem in problems:

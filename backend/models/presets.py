@@ -80,6 +80,11 @@ PRESETS: dict[str, Preset] = {
         dinov2=TimmSpec("vit_large_patch14_dinov2.lvd142m", "DINOV2_WEIGHTS"),
         sam=SamSpec("vit_h", "sam_vit_h_4b8939.pth"),
         language="gpt2-medium",
+        method_overrides={
+            # Section 3.3's captioner is ZeroCap (the library's default is the fast retrieval one);
+            # end_factor: the value the zero-guidance authors' script passes (ZeroCap's own: 1.01).
+            "zeroguide": {"captioner": "zerocap", "captioner_options": {"end_factor": 1.1}},
+        },
     ),
     "cpu": Preset(
         name="cpu",
@@ -92,9 +97,13 @@ PRESETS: dict[str, Preset] = {
         method_overrides={
             # 37x37 DINO keys instead of 109x109 (0.7 s instead of tens of seconds on 2 cores),
             # the CRF at 256 px: one 512x512 image in under 5 s (bench/bench_zeroguide.py).
-            "zeroguide": {"dino_stride": 6, "crf_max_side": 256},
-            # 4 crops of 224 on ViT-B/16 (56x56 map) instead of 36 crops for 1344.
-            "fmbseg": {"clip_image_size": 448, "sam_points_per_side": 16},
+            # Masked attention in the same share of CLIP's depth as the paper's (the last 4 of
+            # ViT-L's 24 blocks, 1/6): the last 2 of ViT-B/16's 12.
+            "zeroguide": {"dino_stride": 6, "crf_max_side": 256, "segment_encoding": {"masked_layers": 2}},
+            # The paper's 4x4 grid of crops at CLIP's own resolution (1344 = 4 x 336 on
+            # ViT-L/14@336): 4 x 224 = 896 on ViT-B/16, 16 crops, a 56x56 map; so a class needs
+            # more than T = 1 of 16 crop votes, as in the paper (appendix 1.1.2-1.1.3).
+            "fmbseg": {"clip_image_size": 896, "sam_points_per_side": 16},
         },
     ),
     "tiny": Preset(

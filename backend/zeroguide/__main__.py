@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--captioner",
         choices=captioner_names(),
         default=None,
-        help=f"text generator (section 3.3; default: {ZeroGuideSettings().captioner})",
+        help="text generator (section 3.3; default: the preset's: zerocap for paper, retrieval otherwise)",
     )
     parser.add_argument(
         "--cache-dir",

@@ -25,6 +25,43 @@ def test_paper_preset_names_the_papers_models():
     assert paper.sam.kind == "vit_h" and paper.language == "gpt2-medium"
 
 
+def test_paper_preset_captions_with_zerocap_as_the_authors_ran_it():
+    from backend.zeroguide import ZeroGuideSettings
+
+    settings = ZeroGuideSettings.for_preset(get_preset("paper").method_overrides["zeroguide"])
+    assert settings.captioner == "zerocap"  # section 3.3
+    assert settings.captioner_options.end_factor == 1.1  # the authors' script (ZeroCap's own 1.01)
+    assert settings.segment_encoding.masked_layers == 4  # appendix E: layers 21-24 of 24
+
+
+def test_cpu_preset_scales_the_paper_by_proportion():
+    import math
+
+    import open_clip
+
+    from backend.fmbseg import FMbSegSettings
+    from backend.zeroguide import ZeroGuideSettings
+
+    def clip_shape(preset: str) -> tuple[int, int]:  # (blocks, input side) from open_clip's own config
+        vision = open_clip.get_model_config(get_preset(preset).clip.arch)["vision_cfg"]
+        return vision["layers"], vision["image_size"]
+
+    settings = {
+        name: (
+            ZeroGuideSettings.for_preset(get_preset(name).method_overrides.get("zeroguide", {})),
+            FMbSegSettings.for_preset(get_preset(name).method_overrides.get("fmbseg", {})),
+        )
+        for name in ("paper", "cpu")
+    }
+    for name, (zero_guidance, fmbseg) in settings.items():
+        blocks, side = clip_shape(name)
+        # masked attention in the last sixth of CLIP's blocks: 4 of 24 (paper), 2 of 12 (cpu)
+        assert zero_guidance.segment_encoding.masked_layers / blocks == pytest.approx(1 / 6)
+        # Stage 1.1: a 4x4 grid of non-overlapping crops at CLIP's own input size, 16 crop votes
+        assert fmbseg.clip_image_size == 4 * side and math.ceil(fmbseg.clip_image_size / side) ** 2 == 16
+        assert fmbseg.presence_min_crops == 1  # T
+
+
 def test_load_models_is_lazy_and_cached():
     models = load_models("tiny", device="cpu")
     assert load_models("tiny", device="cpu") is models
