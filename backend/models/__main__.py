@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     fetch_parser = commands.add_parser("fetch", help="fetch every weight of a preset ahead")
     fetch_parser.add_argument("--preset", default="cpu", choices=list_presets())
-    fetch_parser.add_argument("--with-language", action="store_true", help="also GPT-2, for the ZeroCap captioner (always for a preset that captions with it: paper)")
+    fetch_parser.add_argument(
+        "--with-language",
+        action="store_true",
+        help="also GPT-2, for the ZeroCap captioner (always for a preset that captions with it: paper)",
+    )
     args = parser.parse_args(argv)
     problems = fetch(args.preset, args.with_language)
     for problem in problems:
