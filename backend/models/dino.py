@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .images import image_to_tensor
 
-__all__ = ["DinoKeyExtractor", "Dinov2Extractor", "dense_grid_size"]
+__all__ = ["DinoKeyExtractor", "Dinov2Extractor", "dense_grid_size", "dino_load_size"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +26,25 @@ def dense_grid_size(image_size: int, patch_size: int, stride: int) -> int:
             f"(image_size - patch_size) must be a multiple of the stride"
         )
     return (image_size - patch_size) // stride + 1
+
+
+def dino_load_size(
+    image_shape: tuple[int, ...], image_size: int, patch_size: int, stride: int, keep_aspect: bool
+) -> tuple[int, int]:
+    """(height, width) DINO sees an image at: ``image_size`` squared, or with the aspect ratio kept.
+
+    ``keep_aspect`` (Amir et al.'s extractor, which the zero-guidance authors use: the shorter side
+    resized to ``image_size``): the longer side in proportion, trimmed down to the last whole
+    stride step, (side - P) a multiple of S, so that the token grid covers the image exactly.
+    """
+    dense_grid_size(image_size, patch_size, stride)  # the shorter side must fit exactly
+    if not keep_aspect:
+        return image_size, image_size
+    height, width = int(image_shape[0]), int(image_shape[1])
+    short, long = sorted((height, width))
+    long_side = max(image_size, round(image_size * long / short))
+    long_side -= (long_side - patch_size) % stride
+    return (image_size, long_side) if height <= width else (long_side, image_size)
 
 
 class DinoKeyExtractor:
@@ -61,27 +80,34 @@ class DinoKeyExtractor:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _position_embeddings(self, grid: int) -> torch.Tensor:
-        """Position embeddings resampled to ``grid`` (bicubic in float32), in the model's dtype."""
+    def _position_embeddings(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Position embeddings resampled to ``grid`` (rows, columns), bicubic in float32, in the model's dtype."""
         with self._lock:
             if grid not in self._pos_cache:
                 pos = self.model.pos_embed.float()
                 cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
                 patch_pos = patch_pos.reshape(1, self.base_grid, self.base_grid, -1).permute(0, 3, 1, 2)
-                patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="bicubic", align_corners=True)
-                patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)
+                patch_pos = F.interpolate(patch_pos, size=grid, mode="bicubic", align_corners=True)
+                patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1)
                 self._pos_cache[grid] = torch.cat([cls_pos, patch_pos], dim=1).detach().to(self.dtype)
             return self._pos_cache[grid]
 
+    def load_size(self, image_shape: tuple[int, ...], image_size: int, stride: int, keep_aspect: bool = False):
+        """The (height, width) this extractor resizes an image of ``image_shape`` to (:func:`dino_load_size`)."""
+        return dino_load_size(image_shape, image_size, self.patch_size, stride, keep_aspect)
+
     @torch.inference_mode()
-    def __call__(self, image: np.ndarray, image_size: int, stride: int) -> torch.Tensor:
-        """Key features (g, g, C), float32, of the image resized to ``image_size`` squared, g = (size - P) / S + 1."""
-        grid = dense_grid_size(image_size, self.patch_size, stride)
+    def __call__(self, image: np.ndarray, image_size: int, stride: int, keep_aspect: bool = False) -> torch.Tensor:
+        """Key features (gh, gw, C), float32, of the image resized to :meth:`load_size`
+        (``image_size`` squared, or its shorter side ``image_size`` with ``keep_aspect``), a grid of
+        g = (side - P) / S + 1 tokens a side."""
+        height, width = self.load_size(image.shape, image_size, stride, keep_aspect)
+        grid = (dense_grid_size(height, self.patch_size, stride), dense_grid_size(width, self.patch_size, stride))
         model = self.model
-        pixels = image_to_tensor(image, (image_size, image_size), IMAGENET_MEAN, IMAGENET_STD)
+        pixels = image_to_tensor(image, (height, width), IMAGENET_MEAN, IMAGENET_STD)
         pixels = pixels.to(self.device, self.dtype)
         proj = model.patch_embed.proj
-        x = F.conv2d(pixels[None], proj.weight, proj.bias, stride=stride)  # (1, C, g, g)
+        x = F.conv2d(pixels[None], proj.weight, proj.bias, stride=stride)  # (1, C, gh, gw)
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self._position_embeddings(grid)
         x = model.norm_pre(x)
@@ -95,7 +121,7 @@ class DinoKeyExtractor:
         if hasattr(last.attn, "k_norm"):
             keys = last.attn.k_norm(keys.transpose(1, 2)).transpose(1, 2)
         keys = keys.reshape(batch, tokens, -1)[0, 1:]  # drop the class token
-        return keys.reshape(grid, grid, -1).float()
+        return keys.reshape(*grid, -1).float()
 
 
 class Dinov2Extractor:

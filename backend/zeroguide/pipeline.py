@@ -11,7 +11,7 @@ import torch
 
 from ..models.images import check_image
 from .clustering import find_segment_candidates
-from .crf import densecrf_refine, upsample_label_map
+from .crf import densecrf_refine, upsample_label_map, upsample_labels_along_edges
 from .merging import SegmentDescription, merge_segments
 from .results import Segment, ZeroGuidanceResult
 from .settings import ZeroGuideSettings
@@ -79,7 +79,9 @@ class ZeroGuidanceSegmenter:
             timings[name] = round(time.perf_counter() - start, 4)
 
         with stage("features"):
-            features = self.models.dino(image, settings.dino_image_size, settings.dino_stride)
+            features = self.models.dino(
+                image, settings.dino_image_size, settings.dino_stride, keep_aspect=settings.dino_keep_aspect
+            )
         with stage("clustering"):
             candidates = find_segment_candidates(
                 features,
@@ -131,28 +133,39 @@ class ZeroGuidanceSegmenter:
         )
 
     def _pixel_labels(self, image: np.ndarray, features: torch.Tensor, grid_labels: np.ndarray) -> np.ndarray:
-        """Grid labels -> (H, W) labels: DenseCRF (at ``crf_max_side``) or nearest upsampling."""
+        """Grid labels -> (H, W) labels: DenseCRF (at DINO's load size, or the image's capped by
+        ``crf_max_side``), or nearest upsampling without the CRF."""
         settings = self.settings
         height, width = image.shape[:2]
         if not settings.use_crf:
             return upsample_label_map(grid_labels, (height, width))
         work = image
         scale = 1.0
+        if settings.crf_at_load_size:
+            load_height, load_width = self.models.dino.load_size(
+                image.shape, settings.dino_image_size, settings.dino_stride, settings.dino_keep_aspect
+            )
+            if (load_height, load_width) != (height, width):
+                interpolation = cv2.INTER_AREA if load_height * load_width < height * width else cv2.INTER_LINEAR
+                work = cv2.resize(image, (load_width, load_height), interpolation=interpolation)
+            labels = densecrf_refine(work, features, grid_labels, **self._crf_parameters())
+            return upsample_labels_along_edges(labels, work, image)
         if settings.crf_max_side is not None and max(height, width) > settings.crf_max_side:
             scale = settings.crf_max_side / max(height, width)
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             work = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        labels = densecrf_refine(
-            work,
-            features,
-            grid_labels,
-            iterations=settings.crf_iterations,
-            gaussian_sxy=settings.crf_gaussian_sxy,
-            gaussian_compat=settings.crf_gaussian_compat,
-            bilateral_sxy=settings.crf_bilateral_sxy,
-            bilateral_srgb=settings.crf_bilateral_srgb,
-            bilateral_compat=settings.crf_bilateral_compat,
-        )
+        labels = densecrf_refine(work, features, grid_labels, **self._crf_parameters())
         if scale != 1.0:
             labels = cv2.resize(labels.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
         return labels.astype(np.int64)
+
+    def _crf_parameters(self) -> dict:
+        settings = self.settings
+        return {
+            "iterations": settings.crf_iterations,
+            "gaussian_sxy": settings.crf_gaussian_sxy,
+            "gaussian_compat": settings.crf_gaussian_compat,
+            "bilateral_sxy": settings.crf_bilateral_sxy,
+            "bilateral_srgb": settings.crf_bilateral_srgb,
+            "bilateral_compat": settings.crf_bilateral_compat,
+        }

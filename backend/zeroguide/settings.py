@@ -18,15 +18,23 @@ class ZeroGuideSettings(MethodSettings):
     """Settings of the zero-guidance pipeline (Rewatbowornwong et al., ICCV 2023).
 
     Segment candidates (section 3.1, appendix B):
-        dino_image_size: side of the square image given to DINO ViT-S/8 (the authors' code: 224).
+        dino_image_size: DINO ViT-S/8's load size (the authors' code: 224): the shorter side of
+            its input with ``dino_keep_aspect``, else the side of a square input.
+        dino_keep_aspect: keep the image's aspect ratio for DINO, the longer side in proportion
+            (the authors' code, Amir et al.'s extractor); ``False``: squash to a square.
         dino_stride: patch stride of DINO's patch embedding, smaller than the patch size for a
             dense map (section 3.1: "a small stride of two"; 224 -> 109x109 keys).
         n_clusters: n, the clusters at which the Ward tree is cut (section 3.1: 20).
         dino_similarity_threshold: T_dino; sibling clusters whose mean features have a cosine
             similarity above it are pruned into one (appendix B: 0.9).
         use_crf: refine the upsampled segment map with DenseCRF (appendix B, after Amir et al.).
-        crf_max_side: longest side at which the CRF runs; ``None`` = the image's own resolution
-            (the paper). The labels are upsampled (nearest) to the image afterwards.
+        crf_at_load_size: run the CRF on the image at DINO's load size, as the authors' code does
+            (its kernels are in pixels: at another resolution they mean other shapes), then bring
+            its labels to the image along the image's edges (``upsample_labels_along_edges``);
+            a 24 MP photo costs the CRF of a 224 px image. ``False``: the CRF at the image's own
+            resolution, capped by ``crf_max_side``.
+        crf_max_side: with ``crf_at_load_size=False``, the longest side at which the CRF runs
+            (``None``: the image's own resolution); its labels are upsampled (nearest).
         crf_iterations, crf_gaussian_sxy, crf_gaussian_compat, crf_bilateral_sxy,
         crf_bilateral_srgb, crf_bilateral_compat: the CRF's mean-field iterations and kernels
             (the authors' code: 10; Gaussian sxy 1 / compat 25; bilateral sxy 5 / srgb 13 / compat 100).
@@ -53,10 +61,12 @@ class ZeroGuideSettings(MethodSettings):
     """
 
     dino_image_size: int = tunable(224, minimum=8, maximum=1024)
+    dino_keep_aspect: bool = tunable(True)
     dino_stride: int = tunable(2, minimum=1, maximum=16)
     n_clusters: int = tunable(20, minimum=1, maximum=100)
     dino_similarity_threshold: float = tunable(0.9, minimum=-1.0, maximum=1.0)
     use_crf: bool = tunable(True)
+    crf_at_load_size: bool = tunable(True)
     crf_max_side: int | None = tunable(None, minimum=16, maximum=4096, optional=True, integer=True)
     crf_iterations: int = tunable(10, minimum=1, maximum=50)
     crf_gaussian_sxy: float = tunable(1.0, minimum=0.0, maximum=1000.0)

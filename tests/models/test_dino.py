@@ -38,7 +38,7 @@ def test_stride_equal_to_patch_matches_timm(tiny_models, image):
 def test_dense_stride_keeps_positions_of_the_coarse_grid(tiny_models, image):
     """With stride P/2, every other token sits exactly where a stride-P token sits."""
     dino = tiny_models.dino
-    grid = dino._position_embeddings(15)[0, 1:].reshape(15, 15, -1)
+    grid = dino._position_embeddings((15, 15))[0, 1:].reshape(15, 15, -1)
     base = dino.model.pos_embed[0, 1:].reshape(8, 8, -1)
     assert torch.allclose(grid[::2, ::2], base, atol=1e-5)
     assert dino(image, 64, 4).shape == (15, 15, dino.embed_dim)
@@ -82,3 +82,34 @@ def test_sam_embeds_an_image_once_for_points_and_automatic_masks(tiny_models, im
         assert len(calls) == 3
     finally:
         hook.remove()
+
+
+@pytest.mark.parametrize(
+    "shape, stride, expected",
+    [
+        # 480x640 landscape, load size 224, patch 8: the long side 224 * 640 / 480 = 298.7 -> 299,
+        # trimmed to (side - 8) even for stride 2: 298; for stride 6, (299 - 8) % 6 = 3: 296.
+        ((480, 640), 2, (224, 298)),
+        ((480, 640), 6, (224, 296)),
+        ((640, 480), 2, (298, 224)),  # portrait: the same, transposed
+        ((300, 300), 2, (224, 224)),
+        ((100, 1000), 8, (224, 2240)),  # (2240 - 8) % 8 == 0
+    ],
+)
+def test_dino_load_size_keeps_the_aspect_ratio(shape, stride, expected):
+    from backend.models.dino import dino_load_size
+
+    assert dino_load_size(shape, 224, 8, stride, keep_aspect=True) == expected
+    assert dino_load_size(shape, 224, 8, stride, keep_aspect=False) == (224, 224)
+
+
+def test_keys_of_a_wide_image_keep_its_aspect(tiny_models, image):
+    dino = tiny_models.dino
+    square = image[:, : image.shape[0]]
+    wide = np.concatenate([square, square[:, ::-1]], axis=1)  # twice as wide as high
+    keys = dino(wide, 64, 4, keep_aspect=True)
+    height, width = dino.load_size(wide.shape, 64, 4, keep_aspect=True)
+    assert (height, width) == (64, 128)
+    assert keys.shape == ((64 - 8) // 4 + 1, (128 - 8) // 4 + 1, dino.embed_dim)  # 15 x 31
+    # a square image is the same either way
+    assert torch.allclose(dino(square, 64, 4, keep_aspect=True), dino(square, 64, 4))

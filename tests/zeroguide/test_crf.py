@@ -101,3 +101,27 @@ def test_read_only_image_is_accepted():
     image.setflags(write=False)  # e.g. np.asarray of a PIL image
     labels = densecrf_refine(image, np.random.default_rng(0).normal(size=(4, 4, 8)), np.arange(16).reshape(4, 4) % 3)
     assert labels.shape == (16, 16)
+
+
+def test_labels_come_to_full_size_along_the_images_edges():
+    """A 40x64 image, black left of x = 37 and white from it; its 5x8 version (area-averaged) has
+    a grey column 4 (x 32-39: 5 black and 3 white pixels, mean 96) labelled with the black side.
+    Nearest upsampling puts the boundary at x = 40, where column 5 starts; following the colours,
+    pixels 37-39 (white) take the white neighbour's label, 32-36 (black) the black one's: x = 37."""
+    import cv2
+
+    from backend.zeroguide.crf import upsample_labels_along_edges
+
+    image = np.zeros((40, 64, 3), np.uint8)
+    image[:, 37:] = 255
+    small = cv2.resize(image, (8, 5), interpolation=cv2.INTER_AREA)
+    assert small[0, 4, 0] == 96  # hand-worked: (3 * 255) / 8
+    labels = (small[..., 0] > 127).astype(np.int64)  # column 4 (grey) with the black side
+    nearest = upsample_label_map(labels, (40, 64))
+    assert (nearest == (np.arange(64) >= 40)[None, :]).all()
+    refined = upsample_labels_along_edges(labels, small, image)
+    assert (refined == (np.arange(64) >= 37)[None, :]).all()
+    # away from boundaries nothing changes; the same size is the identity
+    flat = np.zeros((5, 8), np.int64)
+    assert (upsample_labels_along_edges(flat, small, image) == 0).all()
+    assert (upsample_labels_along_edges(labels, small, small) == labels).all()
