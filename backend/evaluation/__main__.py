@@ -35,6 +35,7 @@ from .metrics import IGNORE_INDEX, TAU_IOU, ImageOverlaps, LabelSpace, MeanIoU, 
 from .rating import RATERS_PER_SEGMENT, TABLE1_MIN_SCORES, human_verified_scores, parse_ratings, score_distribution
 from .reassignment import (
     SEGMENT_TO_TEXT,
+    ST_PROMPT_TEMPLATE,
     TEXT_TO_TEXT,
     default_threshold,
     reassign_segment_to_text,
@@ -128,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)"
     )
     reassign.add_argument(
-        "--template", default="{}", help="st only: CLIP text prompt for a label, '{}' is the label (default: '{}')"
+        "--template",
+        default=ST_PROMPT_TEMPLATE,
+        help=f"st only: CLIP text prompt for a label, '{{}}' is the label (default: {ST_PROMPT_TEMPLATE!r}, "
+        "the authors' evaluation script)",
     )
     reassign.add_argument("--out", type=Path, help="output JSON (default: stdout)")
 
@@ -249,12 +253,14 @@ def _emit(report: dict, out: Path | None) -> None:
 
 
 def _sentence_encoder(device: str | None):
-    """Sentence-BERT's ``encode`` (list of n strings -> (n, d) unit-norm)."""
+    """Sentence-BERT (the authors' all-mpnet-base-v2 when cached here, else all-MiniLM-L6-v2):
+    its ``encode`` (list of n strings -> (n, d) unit-norm) is what the commands use, its ``name``
+    goes into their reports."""
     from ..models import MissingWeightsError
     from ..models.sentence import load_sentence_embedder
 
     try:
-        return load_sentence_embedder(device or "cpu").encode
+        return load_sentence_embedder(device or "cpu", paper_model=True)
     except MissingWeightsError as error:
         raise CommandError(str(error)) from error
 
@@ -291,9 +297,9 @@ def run_reassign(args: argparse.Namespace) -> dict:
     predictions = load_predictions(args.predictions)
     classes = list(label_space.classes)
     if args.method == "tt":
-        embed = _sentence_encoder(args.device)
-        reassignments = [reassign_text_to_text(p.texts, classes, embed) for p in predictions]
-        details = {"encoder": "sentence-bert all-MiniLM-L6-v2"}
+        sentence = _sentence_encoder(args.device)
+        reassignments = [reassign_text_to_text(p.texts, classes, sentence.encode) for p in predictions]
+        details = {"encoder": sentence.name}
     else:
         embeddings, embed_labels = _segment_embeddings(args, predictions)
         reassignments = [reassign_segment_to_text(e, classes, embed_labels) for e in embeddings]
@@ -400,10 +406,12 @@ def run_tgq(args: argparse.Namespace) -> dict:
     pairs = _records(args.pairs, "pairs")
     if not all(isinstance(p, dict) and "label" in p and "text" in p for p in pairs):
         raise ValueError(f"{args.pairs}: every pair needs 'label' and 'text'")
-    embed = _sentence_encoder(args.device)
-    result = text_generation_quality([p["label"] for p in pairs], [p["text"] for p in pairs], embed, args.tau_sbert)
+    sentence = _sentence_encoder(args.device)
+    result = text_generation_quality(
+        [p["label"] for p in pairs], [p["text"] for p in pairs], sentence.encode, args.tau_sbert
+    )
     print(f"TGQ {_percent(result.score)} ({result.true_positives}/{result.total})", file=sys.stderr)
-    return result.to_dict()
+    return {**result.to_dict(), "encoder": sentence.name}
 
 
 def run_miou(args: argparse.Namespace) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 __all__ = [
     "TAU_SBERT",
     "TAU_CLIP",
+    "ST_PROMPT_TEMPLATE",
     "TEXT_TO_TEXT",
     "SEGMENT_TO_TEXT",
     "METHODS",
@@ -38,6 +39,9 @@ __all__ = [
 
 TAU_SBERT = 0.5  # τ_SBERT, appendix C: the constant threshold for text-to-text verification
 TAU_CLIP = 0.1  # τ_CLIP, appendix C: the constant threshold for segment-to-text verification
+# ST's text side: each test label in CLIP's text tower through this prompt (the authors' evaluation
+# script, its "mini" prompt option; the paper does not say). TT encodes labels bare, as they did.
+ST_PROMPT_TEMPLATE = "Image of a {}."
 TEXT_TO_TEXT = "TT"  # Eq. 5
 SEGMENT_TO_TEXT = "ST"  # Eq. 6
 METHODS = (TEXT_TO_TEXT, SEGMENT_TO_TEXT)

@@ -40,6 +40,7 @@ from .metrics import TAU_IOU, ImageOverlaps, LabelSpace, evaluate_segmentation, 
 from .rating import RATERS_PER_SEGMENT, human_verified_scores, parse_ratings
 from .reassignment import (
     SEGMENT_TO_TEXT,
+    ST_PROMPT_TEMPLATE,
     TAU_SBERT,
     TEXT_TO_TEXT,
     Reassignment,
@@ -385,7 +386,7 @@ def reproduce(
     captioner = captioner or REPRODUCE_CAPTIONER
     if captioner != base.captioner:
         base = base.replace(captioner=captioner, captioner_options=captioner_settings(captioner, None))
-    sentence = load_sentence_embedder(device or "cpu")
+    sentence = load_sentence_embedder(device or "cpu", paper_model=True)
     columns = table.columns[dataset_name]
     rows, settings_used = [], {}
     for variant in table.variants:
@@ -398,7 +399,12 @@ def reproduce(
         )
         predictions = [PredictionFile.from_json(path) for path in paths]
         values = score_variant(
-            predictions, items, label_space, sentence.encode, models.clip.encode_text, ratings=ratings
+            predictions,
+            items,
+            label_space,
+            sentence.encode,
+            lambda labels: models.clip.encode_text([ST_PROMPT_TEMPLATE.format(label) for label in labels]),
+            ratings=ratings,
         )
         if "TGQ" in columns and variant.tgq:
             pairs = tgq_pairs(segmenter, items, label_space, out_dir / "tgq" / variant.name, progress)
@@ -443,6 +449,7 @@ def reproduce(
         "captioner": captioner,
         "sentence_encoder": sentence.name,
         "thresholds": {"tau_sbert": TAU_SBERT, "tau_clip": default_threshold(SEGMENT_TO_TEXT), "tau_iou": TAU_IOU},
+        "st_prompt": ST_PROMPT_TEMPLATE,
         "human_ratings": str(ratings_path) if ratings_path is not None else None,
         "settings": settings_used,
     }

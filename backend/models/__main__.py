@@ -33,6 +33,16 @@ def fetch(preset_name: str, with_language: bool) -> list[str]:
             print(f"{part}: ready", file=sys.stderr)
         except MissingWeightsError as error:
             problems.append(f"{part}: {error}")
+    if preset.name == "paper":
+        try:  # the authors' Sentence-BERT, for the evaluation's TT and TGQ (MiniLM ships with the code)
+            from sentence_transformers import SentenceTransformer
+
+            from .sentence import PAPER_SENTENCE_MODEL
+
+            SentenceTransformer(PAPER_SENTENCE_MODEL)
+            print("sentence (all-mpnet-base-v2): ready", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - a hub error of any kind; reported, not fatal
+            problems.append(f"sentence (all-mpnet-base-v2): {error}")
     if with_language or preset.method_overrides.get("zeroguide", {}).get("captioner") == "zerocap":
         try:
             _fetch_language(preset.language)

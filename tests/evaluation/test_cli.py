@@ -179,7 +179,14 @@ def test_miou_command_with_and_without_background(files):
     assert builtin["classes"][:4] == ["background", "aeroplane", "bicycle", "bird"]
 
 
-def test_segment_to_text_with_embeddings_in_the_predictions(files, tiny_models):
+@pytest.mark.parametrize(
+    "template, prompt",
+    [
+        (["--template", "a photo of a {}."], "a photo of a {}."),
+        ([], "Image of a {}."),  # the default: the authors' evaluation script's prompt
+    ],
+)
+def test_segment_to_text_with_embeddings_in_the_predictions(files, tiny_models, template, prompt):
     t = files
     rng = np.random.default_rng(0)
     embeddings = rng.normal(size=(4, tiny_models.clip.encode_text(["x"]).shape[1])).tolist()
@@ -195,12 +202,11 @@ def test_segment_to_text_with_embeddings_in_the_predictions(files, tiny_models):
         "st",
         "--preset",
         "tiny",
-        "--template",
-        "a photo of a {}.",
+        *template,
         "--out",
         t / "st.json",
     )
-    text = tiny_models.clip.encode_text([f"a photo of a {c}." for c in ("cat", "car", "dog")]).numpy()
+    text = tiny_models.clip.encode_text([prompt.format(c) for c in ("cat", "car", "dog")]).numpy()
     e = np.asarray(embeddings)
     cosine = (e / np.linalg.norm(e, axis=1, keepdims=True)) @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T
     segments = report["images"][0]["segments"]

