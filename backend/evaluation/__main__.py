@@ -217,9 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = commands.add_parser(
         "reproduce",
         help="one of the paper's tables, end to end",
-        description="Run zero-guidance segmentation over a dataset in its official layout, evaluate it with "
-        "the paper's protocol and write the table in the paper's shape beside the paper's numbers "
-        "(<out>/<table>-<dataset>.md and .json). Resumable: predictions already made are kept.",
+        description="Run the method (zero-guidance segmentation or FMbSeg) over a dataset in its official layout, "
+        "evaluate it with the paper's protocol and write the table in the paper's shape beside the paper's "
+        "numbers (<out>/<table>-<dataset>.md and .json). Resumable: predictions already made are kept.",
     )
     reproduce.add_argument("table", choices=sorted(TABLES), help="the table")
     reproduce.add_argument("--data", type=Path, required=True, help="the dataset's folder (or one above it)")
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="default zerocap (the paper's); retrieval is fast but its vocabulary holds the class names",
     )
     reproduce.add_argument("--ratings", type=Path, help="Table 1's human columns: ratings of the reassigned labels")
+    reproduce.add_argument("--checkpoint", type=Path, help="fmbseg-table1: the trained alignment module (Stage 2 rows)")
     reproduce.add_argument(
         "--device", default=None, help="torch device (default: $DEVICE, else CUDA if present, else CPU)"
     )
@@ -443,6 +444,7 @@ def run_reproduce(args: argparse.Namespace) -> dict:
             limit=args.limit,
             captioner=args.captioner,
             ratings_path=args.ratings,
+            checkpoint=args.checkpoint,
         )
     except MissingWeightsError as error:
         raise CommandError(str(error)) from error

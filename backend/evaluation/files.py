@@ -33,6 +33,10 @@ _CLASS_DIR = Path(__file__).parent / "classes"
 CLASS_LISTS = {
     "voc": _CLASS_DIR / "voc.txt",  # PASCAL VOC 2012 SegmentationClass: 0 background, 1..20, 255 void
     "pascal-context-59": _CLASS_DIR / "pascal_context_59.txt",  # mmseg's SegmentationClassContext: 0 background, 1..59
+    # mmseg's COCO-Stuff 164k *_labelTrainIds.png: 0..79 things, 80..170 stuff, 255 void
+    "coco-stuff-171": _CLASS_DIR / "coco_stuff_171.txt",
+    # ADEChallengeData2016 annotations: 0 "other" (mmseg's reduce_zero_label ignores it), 1..150
+    "ade20k-150": _CLASS_DIR / "ade20k_150.txt",
 }
 
 

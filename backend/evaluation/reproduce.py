@@ -1,4 +1,4 @@
-"""``python -m backend.evaluation reproduce TABLE --data DIR``: one command a table of the zero-guidance paper.
+"""``python -m backend.evaluation reproduce TABLE --data DIR``: one command a table of either paper.
 
 It runs the method over a dataset in its official layout (``backend.evaluation.datasets``),
 evaluates it with the paper's protocol (sections 4.1-4.3: TT and ST reassignment, verification by
@@ -16,6 +16,8 @@ Tables:
         of the reassigned labels) also the human columns h = 3, h >= 2, h >= 1.
     ``zeroguide-table3``: the ablations (crop-and-mask, without global subtraction, without
         merging, ours), ST with the constant threshold; TGQ on PC-59.
+    ``fmbseg-table1``: FMbSeg's mIoU, Stage 1 and with ``--checkpoint`` Stage 2 base and refined
+        (``backend.evaluation.reproduce_fmbseg``).
 
 Honest numbers: the paper captions with ZeroCap, and so does ``reproduce`` unless told otherwise
 (``--captioner``). The retrieval captioner's vocabulary contains most benchmark class names, so
@@ -79,6 +81,7 @@ class ReproductionTable:
     variants: tuple[Variant, ...]
     columns: Mapping[str, tuple[str, ...]]  # dataset -> columns
     paper: Mapping[str, Mapping[str, Mapping[str, float | None]]] = field(default_factory=dict)
+    method: str = "zeroguide"  # or "fmbseg" (backend.evaluation.reproduce_fmbseg)
 
 
 def _crop_and_mask(settings) -> dict:
@@ -158,6 +161,13 @@ TABLES: dict[str, ReproductionTable] = {
                     "ours": {"ST IoU const": 20.1},
                 },
             },
+        ),
+        ReproductionTable(
+            "fmbseg-table1",
+            "FMbSeg Table 1: mIoU (Stage 1; with --checkpoint, Stage 2 base and refined)",
+            (),  # rows: backend.evaluation.reproduce_fmbseg
+            {name: ("mIoU",) for name in ("pv-21", "pv-20", "pc-59", "cs-171", "ade-150")},
+            method="fmbseg",
         ),
     )
 }
@@ -361,33 +371,80 @@ def reproduce(
     limit: int | None = None,
     captioner: str | None = None,
     ratings_path: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Run, evaluate and write one table (see the module docstring); returns the report."""
-    from ..models import load_models
-    from ..models.sentence import load_sentence_embedder
-    from ..zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
-    from ..zeroguide.captioning.registry import captioner_settings
-
     table = get_table(table_name)
     if dataset_name not in table.columns:
         raise ValueError(f"{table_name} is reported on {', '.join(table.columns)}, not {dataset_name!r}")
     layout: DatasetLayout = get_dataset(dataset_name)
     items = layout.items(data_dir, limit)
+    out_dir = Path(out_dir)
+    if table.method == "fmbseg":
+        from .reproduce_fmbseg import reproduce_fmbseg
+
+        if captioner is not None or ratings_path is not None:
+            raise ValueError(f"{table_name}: --captioner and --ratings are zero-guidance options")
+        rows, notes, details = reproduce_fmbseg(layout, items, out_dir, preset, device, checkpoint, progress)
+    else:
+        if checkpoint is not None:
+            raise ValueError(f"{table_name}: --checkpoint is an FMbSeg option")
+        rows, notes, details = _reproduce_zero_guidance(
+            table, layout, items, out_dir, preset, device, captioner, ratings_path, progress
+        )
+    if details.get("random_weights"):
+        notes.insert(0, "RANDOM WEIGHTS (tiny preset): these numbers test the pipeline, they measure nothing.")
+    if limit is not None:
+        notes.append(f"The first {len(items)} images of the split (--limit).")
+    report = {
+        "table": table.name,
+        "title": table.title,
+        "dataset": layout.name,
+        "dataset_title": layout.title,
+        "images": len(items),
+        "columns": list(table.columns[dataset_name]),
+        "rows": rows,
+        "note": " ".join(notes),
+        "preset": preset,
+        "models": _model_names(preset),
+        **details,
+    }
+    stem = f"{table.name}-{layout.name}"
+    write_json(out_dir / f"{stem}.json", report)
+    (out_dir / f"{stem}.md").write_text(_markdown(report), encoding="utf-8")
+    return report
+
+
+def _reproduce_zero_guidance(
+    table: ReproductionTable,
+    layout: DatasetLayout,
+    items: Sequence[DatasetItem],
+    out_dir: Path,
+    preset: str,
+    device: str | None,
+    captioner: str | None,
+    ratings_path: str | Path | None,
+    progress: bool,
+) -> tuple[list[dict], list[str], dict]:
+    """The rows of a zero-guidance table: (rows, notes, details)."""
+    from ..models import load_models
+    from ..models.sentence import load_sentence_embedder
+    from ..zeroguide import ZeroGuidanceSegmenter, ZeroGuideSettings
+    from ..zeroguide.captioning.registry import captioner_settings
+
     label_space = layout.label_space()
     ratings = None
     if ratings_path is not None:
         data = read_json(ratings_path)
         ratings = parse_ratings(data.get("ratings") if isinstance(data, dict) else data)
-    out_dir = Path(out_dir)
-
     models = load_models(preset, device)
     base = ZeroGuideSettings.for_preset(models.method_overrides("zeroguide"))
     captioner = captioner or REPRODUCE_CAPTIONER
     if captioner != base.captioner:
         base = base.replace(captioner=captioner, captioner_options=captioner_settings(captioner, None))
     sentence = load_sentence_embedder(device or "cpu", paper_model=True)
-    columns = table.columns[dataset_name]
+    columns = table.columns[layout.name]
     rows, settings_used = [], {}
     for variant in table.variants:
         settings = base.replace(**variant.changes(base))
@@ -412,7 +469,7 @@ def reproduce(
                 [p["label"] for p in pairs], [p["text"] for p in pairs], sentence.encode, TAU_SBERT
             )
             values["TGQ"] = None if tgq.score is None else 100 * tgq.score
-        paper = table.paper.get(dataset_name, {}).get(variant.name, {})
+        paper = table.paper.get(layout.name, {}).get(variant.name, {})
         rows.append(
             {
                 "variant": variant.name,
@@ -422,8 +479,6 @@ def reproduce(
             }
         )
     notes = []
-    if models.random_weights:
-        notes.append("RANDOM WEIGHTS (tiny preset): these numbers test the pipeline, they measure nothing.")
     if captioner == "retrieval":
         overlap = _vocabulary_overlap(label_space.classes)
         notes.append(
@@ -432,19 +487,7 @@ def reproduce(
         )
     else:
         notes.append(f"Captioner: {captioner}.")
-    if limit is not None:
-        notes.append(f"The first {len(items)} images of the split (--limit).")
-    report = {
-        "table": table.name,
-        "title": table.title,
-        "dataset": layout.name,
-        "dataset_title": layout.title,
-        "images": len(items),
-        "columns": list(columns),
-        "rows": rows,
-        "note": " ".join(notes),
-        "preset": preset,
-        "models": _model_names(preset),
+    details = {
         "random_weights": models.random_weights,
         "captioner": captioner,
         "sentence_encoder": sentence.name,
@@ -453,7 +496,4 @@ def reproduce(
         "human_ratings": str(ratings_path) if ratings_path is not None else None,
         "settings": settings_used,
     }
-    stem = f"{table.name}-{layout.name}"
-    write_json(out_dir / f"{stem}.json", report)
-    (out_dir / f"{stem}.md").write_text(_markdown(report), encoding="utf-8")
-    return report
+    return rows, notes, details

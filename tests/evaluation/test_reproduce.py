@@ -134,7 +134,7 @@ def test_bad_input_is_a_clear_error(tmp_path, caplog):
     caplog.clear()
     assert run("zeroguide-table1", "--data", tmp_path / "data", "--dataset", "pas-20", "--preset", "tiny") == 2
     assert "lists 'missing_id'" in caplog.text
-    assert set(TABLES["zeroguide-table1"].columns) <= set(DATASETS)
+    assert all(set(table.columns) <= set(DATASETS) for table in TABLES.values())
 
 
 def test_score_variant_by_hand(tmp_path):
@@ -184,3 +184,92 @@ def test_score_variant_by_hand(tmp_path):
     assert values["TT Recall const"] == pytest.approx(100.0)
     assert values["ST IoU const"] == pytest.approx(30.0)
     assert values["ST Recall const"] == pytest.approx(50.0)
+
+
+# ---------------------------------------------------------------------------------------- FMbSeg
+def write_flat_layout(root: Path, dataset: str, count: int = 2) -> Path:
+    """COCO-Stuff 164k or ADE20K as mmsegmentation lays them out (no split list: every image)."""
+    layout = get_dataset(dataset)
+    base = root / ("coco_stuff164k" if dataset == "cs-171" else "ADEChallengeData2016")
+    for index in range(count):
+        image, labels = scene(index, 150)
+        if dataset == "ade-150":
+            labels[labels == 255] = 0  # ADE has no void value: 0 is "other"
+        (base / layout.images).mkdir(parents=True, exist_ok=True)
+        (base / layout.labels).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(base / layout.images / f"{index:012d}.jpg", quality=95)
+        Image.fromarray(labels, mode="L").save(base / layout.labels / f"{index:012d}{layout.label_suffix}")
+    return base
+
+
+def test_pv21_scores_background_as_coco_stuffs_stuff_classes():
+    """PV-21's class list for FMbSeg: the 20 objects, then the 91 stuff classes, each counted as
+    background (index 0 of VOC's classes); without a background class nothing is added."""
+    from backend.evaluation.reproduce_fmbseg import coco_stuff_names, with_background_classes
+
+    stuff = coco_stuff_names()
+    assert len(stuff) == 91 and stuff[0] == "banner" and stuff[-1] == "wood"
+    prompted = with_background_classes(get_dataset("pv-21").label_space(), stuff)
+    assert prompted.prompts[:2] == ["aeroplane", "bicycle"] and len(prompted.prompts) == 20 + 91
+    assert "background" not in prompted.prompts
+    assert prompted.evaluated_index[:20].tolist() == list(range(1, 21))  # aeroplane is VOC value 1
+    assert set(prompted.evaluated_index[20:].tolist()) == {0}
+    plain = with_background_classes(get_dataset("pv-20").label_space(), stuff)
+    assert len(plain.prompts) == 20 and plain.evaluated_index.tolist() == list(range(20))
+
+
+@pytest.mark.parametrize("dataset", ["pv-21", "cs-171", "ade-150"])
+def test_fmbseg_table1_stage1_end_to_end(tmp_path, dataset):
+    if dataset.startswith("pv"):
+        write_layout(tmp_path / "data", dataset.replace("pv-21", "pas-20"), count=2)
+    else:
+        write_flat_layout(tmp_path / "data", dataset)
+    out = tmp_path / "out"
+    assert (
+        run("fmbseg-table1", "--data", tmp_path / "data", "--dataset", dataset, "--out", out, "--preset", "tiny") == 0
+    )
+    report = json.loads((out / f"fmbseg-table1-{dataset}.json").read_text())
+    assert report["images"] == 2 and [row["variant"] for row in report["rows"]] == ["stage1"]
+    assert "No --checkpoint" in report["note"] and "RANDOM WEIGHTS" in report["note"]
+    miou = report["rows"][0]["ours"]["mIoU"]
+    assert miou is not None and 0 <= miou <= 100
+    maps = sorted((out / "predictions" / "stage1").glob("*.png"))
+    assert len(maps) == 2
+    # the score, recomputed here from the stored label maps and the ground truth
+    from backend.evaluation.files import read_label_map
+    from backend.evaluation.metrics import MeanIoU
+    from backend.evaluation.reproduce_fmbseg import coco_stuff_names, with_background_classes
+
+    layout = get_dataset(dataset)
+    space = layout.label_space()
+    prompted = with_background_classes(space, coco_stuff_names() if dataset == "pv-21" else ())
+    assert report["class_list"] == prompted.prompts
+    accumulator = MeanIoU(space)
+    for item, stored in zip(layout.items(tmp_path / "data"), maps):
+        indices = np.asarray(Image.open(stored)).astype(np.int64) - 1
+        evaluated = np.where(indices >= 0, prompted.evaluated_index[np.clip(indices, 0, None)], -1)
+        accumulator.update(evaluated, read_label_map(item.labels))
+    assert miou == pytest.approx(100 * accumulator.result().miou)
+
+
+def test_fmbseg_table1_with_a_checkpoint_has_the_stage2_rows(tmp_path, tiny_models):
+    from backend.fmbseg import FMbSegPredictor, LabelledMask
+    from backend.fmbseg.training import TrainingSettings
+
+    base = write_layout(tmp_path / "data", "pas-20", count=1)
+    image = np.asarray(Image.open(next((base / "JPEGImages").iterdir())).convert("RGB"))
+    left = np.zeros(image.shape[:2], bool)
+    left[:, : image.shape[1] // 2] = True
+    predictor = FMbSegPredictor(tiny_models)
+    classes = ["cat", "dog"]
+    examples = [predictor.training_example(image, [LabelledMask(left, "cat"), LabelledMask(~left, "dog")], classes)]
+    checkpoint = tmp_path / "align.safetensors"
+    predictor.train(examples, classes, checkpoint, training_settings=TrainingSettings(epochs=1), progress_bar=False)
+    out = tmp_path / "out"
+    args = ["fmbseg-table1", "--data", tmp_path / "data", "--dataset", "pv-20", "--out", out, "--preset", "tiny"]
+    assert run(*args, "--checkpoint", checkpoint) == 0
+    report = json.loads((out / "fmbseg-table1-pv-20.json").read_text())
+    rows = {row["variant"]: row for row in report["rows"]}
+    assert list(rows) == ["stage1", "stage2-base", "stage2-refined"]
+    assert rows["stage2-base"]["paper"] == {"mIoU": 85.65} and rows["stage2-refined"]["paper"] == {"mIoU": 87.03}
+    assert run(*args, "--checkpoint", checkpoint, "--captioner", "zerocap") == 2  # a zero-guidance option
