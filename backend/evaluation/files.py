@@ -180,11 +180,17 @@ def load_predictions(paths: Sequence[str | os.PathLike]) -> list[PredictionFile]
 
 
 def ground_truth_path(gt_dir: str | os.PathLike, image_name: str, suffix: str = ".png") -> Path:
-    """The label PNG of an image: ``GT_DIR/<image stem>.png``."""
-    path = Path(gt_dir) / (Path(image_name).stem + suffix)
-    if not path.is_file():
-        raise ValueError(f"no ground truth for {image_name}: {path} does not exist")
-    return path
+    """The label PNG of an image: ``GT_DIR/<image stem>.png``. An image exported from Label Studio
+    is named ``<task id>-<file name>`` (``python -m plugin export`` and ``rate predictions``): when
+    no label map has that name, the one named after the file name alone is used."""
+    stem = Path(image_name).stem
+    path = Path(gt_dir) / (stem + suffix)
+    if path.is_file():
+        return path
+    task_prefix, _, original = stem.partition("-")
+    if task_prefix.isdigit() and original and (Path(gt_dir) / (original + suffix)).is_file():
+        return Path(gt_dir) / (original + suffix)
+    raise ValueError(f"no ground truth for {image_name}: {path} does not exist")
 
 
 def reassignments_to_json(

@@ -12,6 +12,7 @@ from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.rating.collect import CollectedRatings, collect_ratings
 from plugin.rating.projects import prepare_rating_projects
+from plugin.rating.reassigned import reassigned_labels, write_prediction_files
 
 NAME = "rate"
 HELP = "rate predicted segments 0-3 by three raters each (zero-guidance appendix F) and collect the scores"
@@ -28,6 +29,14 @@ the segment (0 incorrect, 1 partially correct, 2 correct but too general/specifi
   rate collect --project RATING_ID [RATING_ID ...] --out ratings.json [--report report.json]
       write the ratings of the batch projects as the records `python -m backend.evaluation
       ratings` reads and print the distribution of scores (Table 2).
+
+Table 1's human columns rate the reassigned labels T_i* instead (section 4.2):
+  rate predictions --project SOURCE_ID --out DIR
+      the predicted segments as prediction files and images, for `python -m backend.evaluation
+      reassign DIR --images DIR/images ...`;
+  rate setup --project SOURCE_ID --target reassigned --reassigned FILE
+      rater batch projects "Rating of labels of project SOURCE_ID (...)" showing each segment
+      with its T_i*; `rate collect` then writes records with "label" = T_i*.
 
 Each rater logs in as their own user and labels ONE batch project ("Label All Tasks"). Label
 Studio's community edition shows every project to every user of the organisation: a rater who
@@ -46,8 +55,8 @@ Read the rater batch projects' annotations (or one shared rating project made by
 rater who rated twice counts once (the newest). A rating in batch project b is batch b (one per
 task; a rater's second rating of a segment in a later batch is left out); in a shared project
 the b-th rating by annotation id is batch b, at most --raters of them. Writes a JSON list
-of {image, segment, text, label: null, rater, score, batch, source_project, source_task,
-rating_task, annotation} and prints the share of labels at each score, computed per batch and
+of {image, segment, text, label (T_i* when reassigned labels were rated, else null), rater,
+score, batch, source_project, source_task, rating_task, annotation} and prints the share of labels at each score, computed per batch and
 averaged over batches (appendix F). Exit status 0, 1 when there is no rating yet, 2 on an error."""
 
 
@@ -74,8 +83,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     setup.add_argument(
         "--text-control", help="per-region TextArea holding the predicted text (default: any per-region TextArea)"
     )
+    setup.add_argument(
+        "--target",
+        choices=("texts", "reassigned"),
+        default="texts",
+        help="rate the predicted texts (Table 2, default) or the reassigned labels (Table 1's human columns)",
+    )
+    setup.add_argument(
+        "--reassigned", type=Path, help="--target reassigned: the output of `python -m backend.evaluation reassign`"
+    )
     setup.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     setup.set_defaults(rate_run=run_setup)
+
+    predictions = actions.add_parser(
+        "predictions",
+        help="write a project's predicted segments as prediction files, for the evaluation's reassign",
+        description="Write the newest predicted segments of each task (brush regions with a text) as "
+        "DIR/<image>.json in the format of `python -m backend.zeroguide` (segment ids: the region ids) "
+        "and the images as DIR/images/<image>, named as `rate collect` names them.",
+    )
+    predictions.add_argument("--project", type=int, required=True, help="id of the pre-labelled (source) project")
+    predictions.add_argument("--out", type=Path, required=True, help="output folder")
+    predictions.add_argument("--text-control", help="per-region TextArea holding the predicted text")
+    predictions.set_defaults(rate_run=run_predictions)
 
     collect = actions.add_parser(
         "collect",
@@ -105,10 +135,29 @@ def run(args: argparse.Namespace) -> int:
     return args.rate_run(args)
 
 
+def run_predictions(args: argparse.Namespace) -> int:
+    connection = LabelStudioConnection.from_environment()
+    images, segments = write_prediction_files(connection, args.project, args.out, args.text_control)
+    print(f"project {args.project}: {segments} segment(s) of {images} image(s) written to {args.out}")
+    print(
+        f"next: python -m backend.evaluation reassign {args.out} --images {args.out / 'images'} --classes ... "
+        "--method st --out reassigned.json"
+    )
+    return 0
+
+
 def run_setup(args: argparse.Namespace) -> int:
+    if (args.target == "reassigned") != (args.reassigned is not None):
+        raise PluginError("--target reassigned and --reassigned FILE go together")
+    labels = reassigned_labels(args.reassigned) if args.reassigned is not None else None
     connection = LabelStudioConnection.from_environment()
     setup = prepare_rating_projects(
-        connection, args.project, raters=args.raters, title=args.title, text_control=args.text_control
+        connection,
+        args.project,
+        raters=args.raters,
+        title=args.title,
+        text_control=args.text_control,
+        reassigned=labels,
     )
     url = connection.settings.url
     print(

@@ -130,7 +130,8 @@ def _record(task: Mapping, data: Mapping, rater: str, annotation: Mapping, score
         "image": str(data["image_name"]),
         "segment": str(data["region"]),
         "text": str(data[TEXT_KEY]),
-        "label": None,  # the predicted text was rated (section 5.2), not a reassigned label
+        # the reassigned label T_i* that was rated (section 4.2), or None: the predicted text was (5.2)
+        "label": data.get("label"),
         "rater": rater,
         "score": score,
         "batch": batch,

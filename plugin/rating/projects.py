@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from PIL import Image
 
@@ -26,14 +26,17 @@ from plugin.rating.config import (
     rating_label_config,
 )
 from plugin.rating.render import decode_image, rating_image
+from plugin.rating.reassigned import with_reassigned_labels
 from plugin.rating.segments import RatingSegment, predicted_segments
 
 UPLOAD_BATCH = 20  # rendered PNGs per upload request
 TITLE_LIMIT = 50  # characters Label Studio allows in a project title
 
 
-def default_title(source_project_id: int) -> str:
+def default_title(source_project_id: int, reassigned: bool = False) -> str:
     """The rating projects' common title (each adds its batch, `batch_title`)."""
+    if reassigned:
+        return f"Rating of labels of project {source_project_id}"
     return f"Rating of project {source_project_id}"
 
 
@@ -157,10 +160,15 @@ class ExistingRatingTasks:
 
 
 def existing_rating_tasks(
-    connection: LabelStudioConnection, project_id: int, source_project_id: int, batch: int | None = None
+    connection: LabelStudioConnection,
+    project_id: int,
+    source_project_id: int,
+    batch: int | None = None,
+    reassigned: bool | None = None,
 ) -> ExistingRatingTasks:
-    """Read the rating project's tasks; refuse a project that rates another source project or
-    (``batch`` given) holds another rater batch."""
+    """Read the rating project's tasks; refuse a project that rates another source project,
+    (``batch`` given) holds another rater batch, or (``reassigned`` given) rates the other kind
+    of text (predicted texts or reassigned labels)."""
     pager = connection.call(connection.client.tasks.list, project=project_id, page_size=500)
     linked: set[tuple[int, str]] = set()
     unlinked: dict[str, tuple[int, str]] = {}
@@ -177,6 +185,9 @@ def existing_rating_tasks(
                     f"project {project_id} holds tasks of rater batch {data.get(BATCH_KEY)}, not {batch}: "
                     "choose another --title"
                 )
+            if reassigned is not None and (data.get("label") is not None) != reassigned:
+                kind = "reassigned labels" if data.get("label") is not None else "predicted texts"
+                raise PluginError(f"project {project_id} rates {kind}: choose another --title")
             linked.add((int(data["source_task"]), str(data["region"])))
         else:
             image_url = str(data.get(IMAGE_KEY, ""))
@@ -222,7 +233,8 @@ def _fill_project(
     ``rendered`` maps a segment's file name to its PNG once `render` has drawn it (shared by the
     batch projects: each segment is drawn once).
     """
-    existing = existing_rating_tasks(connection, project_id, source_project_id, batch)
+    reassigned = any(segment.label is not None for segment in segments)
+    existing = existing_rating_tasks(connection, project_id, source_project_id, batch, reassigned)
     holds = len(existing.linked | {segment.key for segment in segments})
     pending = [segment for segment in segments if segment.key not in existing.linked]
     to_upload = [segment for segment in pending if stored_upload_name(segment.file_name) not in existing.unlinked]
@@ -231,7 +243,7 @@ def _fill_project(
         for start in range(0, len(to_upload), upload_batch):
             chunk = to_upload[start : start + upload_batch]
             connection.upload_files(project_id, [rendered[segment.file_name] for segment in chunk])
-        existing = existing_rating_tasks(connection, project_id, source_project_id, batch)
+        existing = existing_rating_tasks(connection, project_id, source_project_id, batch, reassigned)
     created: list[int] = []
     for segment in pending:
         found = existing.unlinked.get(stored_upload_name(segment.file_name))
@@ -254,6 +266,7 @@ def prepare_rating_projects(
     title: str | None = None,
     text_control: str | None = None,
     upload_batch: int = UPLOAD_BATCH,
+    reassigned: Mapping[tuple[str, str], str] | None = None,
 ) -> RatingSetup:
     """Create (or complete) one rating project per rater batch for a source project's segments.
 
@@ -274,6 +287,10 @@ def prepare_rating_projects(
     Safe to repeat: segments that already have a task are skipped, and tasks uploaded by an
     interrupted run (step 3 done, step 4 not) get their data without a second upload.
 
+    ``reassigned``: ``{(image name, region id): T_i*}`` (`plugin.rating.reassigned`): each segment
+    is rated with its reassigned label instead of its predicted text (section 4.2), in projects
+    titled "Rating of labels of project N (rater batch b/N)" by default.
+
     Raises:
         PluginError: see `predicted_segments`; ``raters < 1``; a title too long for Label
             Studio; a project of a batch title that is not a rating project, or rates another
@@ -283,12 +300,14 @@ def prepare_rating_projects(
         raise PluginError(f"--raters must be at least 1, got {raters}")
     if upload_batch < 1:
         raise PluginError(f"upload batch must be at least 1, got {upload_batch}")
-    title = title or default_title(source_project_id)
+    title = title or default_title(source_project_id, reassigned is not None)
     longest = batch_title(title, raters, raters)
     if len(longest) > TITLE_LIMIT:
         raise PluginError(f"--title {title!r}: {longest!r} is longer than Label Studio's {TITLE_LIMIT} characters")
     source = predicted_segments(connection, source_project_id, text_control)
     segments = source.segments
+    if reassigned is not None:
+        segments = with_reassigned_labels(segments, reassigned)
     count = len(segments)
 
     with tempfile.TemporaryDirectory(prefix="rating-") as folder:
@@ -309,9 +328,10 @@ def prepare_rating_projects(
                 name,
                 rating_label_config(count),
                 description=(
-                    f"Rater batch {batch} of {raters}: 0-3 rating of the predicted segments of project "
-                    f"{source_project_id} (zero-guidance appendix F). One rater rates this project; "
-                    "the other raters use the other batches' projects."
+                    f"Rater batch {batch} of {raters}: 0-3 rating of the "
+                    f"{'reassigned labels' if reassigned is not None else 'predicted texts'} of the segments of "
+                    f"project {source_project_id} (zero-guidance section 4.2, appendix F). One rater rates this "
+                    "project; the other raters use the other batches' projects."
                 ),
             )
             if not handle.created and not is_rating_config(handle.label_config):

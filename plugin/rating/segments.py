@@ -7,11 +7,13 @@ Task data of the rating task made for a segment (the link back to the source)::
      "source_project": 3, "source_task": 7, "region": "pred1",   # where the segment comes from
      "source_image": "/data/upload/3/9f8e7d6c-shapes.png",
      "image_name": "7-shapes.png",    # the name `python -m plugin export` gives that image
-     "prediction": 41, "model_version": "zeroguide-tiny-..."}
+     "prediction": 41, "model_version": "zeroguide-tiny-...",
+     "label": null, "predicted_text": null}  # rating reassigned labels: "text" = "label" = T_i*
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -40,6 +42,9 @@ class RatingSegment:
         prediction: id of the prediction holding the region.
         model_version: that prediction's model version.
         mask: ``(H, W)`` bool at the image's resolution.
+        label: the reassigned test label T_i* shown and rated instead of the predicted text
+            (section 4.2, ``rate setup --target reassigned``); ``None``: the text T_i is rated.
+        predicted_text: with a ``label``, the predicted text it replaced.
     """
 
     source_project: int
@@ -51,6 +56,12 @@ class RatingSegment:
     prediction: int
     model_version: str | None
     mask: np.ndarray = field(repr=False)
+    label: str | None = None
+    predicted_text: str | None = None
+
+    def relabelled(self, label: str) -> "RatingSegment":
+        """This segment with the reassigned label T_i* to rate in place of its text."""
+        return dataclasses.replace(self, text=label, label=label, predicted_text=self.text)
 
     @property
     def key(self) -> tuple[int, str]:
@@ -74,6 +85,8 @@ class RatingSegment:
             "image_name": self.image_name,
             "prediction": self.prediction,
             "model_version": self.model_version,
+            "label": self.label,
+            "predicted_text": self.predicted_text,
         }
 
 

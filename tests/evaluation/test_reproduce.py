@@ -273,3 +273,16 @@ def test_fmbseg_table1_with_a_checkpoint_has_the_stage2_rows(tmp_path, tiny_mode
     assert list(rows) == ["stage1", "stage2-base", "stage2-refined"]
     assert rows["stage2-base"]["paper"] == {"mIoU": 85.65} and rows["stage2-refined"]["paper"] == {"mIoU": 87.03}
     assert run(*args, "--checkpoint", checkpoint, "--captioner", "zerocap") == 2  # a zero-guidance option
+
+
+def test_ground_truth_of_an_image_exported_from_label_studio(tmp_path):
+    from backend.evaluation.files import ground_truth_path
+
+    (tmp_path / "2008_000001.png").write_bytes(b"")
+    (tmp_path / "12-2008_000001.png").write_bytes(b"")
+    assert ground_truth_path(tmp_path, "2008_000001.jpg") == tmp_path / "2008_000001.png"
+    assert ground_truth_path(tmp_path, "12-2008_000001.jpg") == tmp_path / "12-2008_000001.png"  # its own first
+    (tmp_path / "12-2008_000001.png").unlink()
+    assert ground_truth_path(tmp_path, "12-2008_000001.jpg") == tmp_path / "2008_000001.png"  # "<task id>-<name>"
+    with pytest.raises(ValueError, match="no ground truth for x-2008_000001.jpg"):
+        ground_truth_path(tmp_path, "x-2008_000001.jpg")  # not a task id

@@ -674,3 +674,59 @@ def test_rate_actions_have_help(action, capsys):
         main(["rate", action, "--help"])
     assert exit_info.value.code == 0
     assert f"python -m plugin rate {action}" in capsys.readouterr().out
+
+
+def test_reassigned_labels_are_rated_and_collected_for_table1(fake, source, tmp_path, capsys):
+    """rate predictions -> backend.evaluation reassign (TT, the real Sentence-BERT) -> rate setup
+    --target reassigned -> ratings -> rate collect: records carry T_i*, which the evaluation's
+    human verification reads."""
+    from backend.evaluation.__main__ import main as evaluation_main
+    from backend.evaluation.files import load_predictions
+    from backend.evaluation.rating import parse_ratings
+
+    project_id, task_id = source
+    out = tmp_path / "segments"
+    assert main(["rate", "predictions", "--project", str(project_id), "--out", str(out)]) == 0
+    (prediction,) = load_predictions([out])
+    assert prediction.image == f"{task_id}-dog.png" and prediction.segment_ids == ("r/1", "r2")
+    assert prediction.texts == ("a small dog", "grass")
+    np.testing.assert_array_equal(prediction.masks()[0], SEGMENTS["r/1"][0])
+    shown = np.asarray(Image.open(out / "images" / prediction.image))
+    np.testing.assert_array_equal(shown, source_image())
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("background\ndog\ngrass\nsky\n")
+    reassigned = tmp_path / "tt.json"
+    assert (
+        evaluation_main(["reassign", str(out), "--classes", str(classes), "--method", "tt", "--out", str(reassigned)])
+        == 0
+    )
+    capsys.readouterr()
+
+    assert main(["rate", "setup", "--project", str(project_id), "--target", "reassigned"]) == 2  # needs the file
+    assert "--target reassigned and --reassigned FILE go together" in capsys.readouterr().err
+    args = ["rate", "setup", "--project", str(project_id), "--raters", "1", "--json"]
+    assert main([*args, "--target", "reassigned", "--reassigned", str(reassigned)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (entry,) = summary["projects"]
+    assert entry["title"] == f"Rating of labels of project {project_id} (rater batch 1/1)"
+    tasks = {task["data"]["region"]: task for task in fake.project_tasks(entry["project_id"])}
+    expected = {"r/1": "dog", "r2": "grass"}  # "grass" is a label itself; "a small dog" is nearest to "dog"
+    for region, task in tasks.items():
+        data = task["data"]
+        assert data["label"] == data["text"] == expected[region]  # the rater is shown T_i*
+        assert data["predicted_text"] == SEGMENTS[region][1]
+        task["annotations"] = [annotation(70 + len(region), 4, "3")]
+
+    ratings = tmp_path / "ratings.json"
+    assert main(["rate", "collect", "--project", str(entry["project_id"]), "--out", str(ratings)]) == 0
+    records = json.loads(ratings.read_text())
+    assert sorted((r["segment"], r["label"], r["score"]) for r in records) == [("r/1", "dog", 3), ("r2", "grass", 3)]
+    assert all(r["image"] == prediction.image for r in records)
+    assert len(parse_ratings(records)) == 2  # the evaluation's --ratings reads them
+    # the text-rating projects are others: reusing their title for labels is refused
+    assert main(["rate", "setup", "--project", str(project_id), "--raters", "1"]) == 0
+    text_title = f"Rating of project {project_id}"
+    capsys.readouterr()
+    assert main([*args, "--target", "reassigned", "--reassigned", str(reassigned), "--title", text_title]) == 2
+    assert "rates predicted texts: choose another --title" in capsys.readouterr().err
