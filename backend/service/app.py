@@ -39,6 +39,7 @@ from .ls_auth import LabelStudioAuth
 from .method_settings import check_operator_settings
 from .metrics import ServiceMetrics
 from .model_dir import model_dir_problem
+from .feedback import AcceptanceTracker
 from .reconcile import LabelStudioAnnotations, reconcile_project
 from .request_limits import parse_json_body
 from .runtime import MethodLibrary, ModelRuntime, ModelsNotReady, Runtime, project_number
@@ -85,7 +86,8 @@ class SegmentationService:
         self.training = training
         self.metrics = metrics
         self.session = session or requests.Session()
-        self.webhooks = WebhookProcessor(store, jobs, metrics, training, self.model_for)
+        self.acceptance = AcceptanceTracker(config.model_dir / "acceptance", self.label_studio_annotations, metrics)
+        self.webhooks = WebhookProcessor(store, jobs, metrics, training, self.model_for, self.acceptance)
         self._lock = threading.Lock()
         self._projects: dict[str, ProjectContext] = {}
         self._models: OrderedDict[tuple, SegmentationMLBackend] = OrderedDict()
@@ -472,6 +474,7 @@ def _register_routes(app: Flask, service: SegmentationService, model_dir_error: 
             training=service.training.status(),
             background_jobs=service.jobs.stats(),
             annotations_stored=service.store.count(),
+            acceptance=service.acceptance.summary(),
             prelabel=prelabel_jobs.status(),
         )
         return jsonify(snapshot)

@@ -71,6 +71,13 @@ class LabelStudioAnnotations:
         config = project.get("label_config") if isinstance(project, dict) else None
         return config if isinstance(config, str) else None
 
+    def prediction(self, prediction_id: int) -> dict:
+        """One stored prediction (its ``result`` and ``model_version``)."""
+        prediction = self._get(f"/api/predictions/{int(prediction_id)}/")
+        if not isinstance(prediction, dict):
+            raise ReconcileError(f"prediction {int(prediction_id)}: Label Studio's answer is not an object")
+        return prediction
+
     def annotated_tasks(self, project_id: int) -> list[dict]:
         """Every task of the project that has annotations, with them (Label Studio's JSON export)."""
         tasks = self._get(f"/api/projects/{int(project_id)}/export?exportType=JSON&download_all_tasks=false")

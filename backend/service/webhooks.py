@@ -21,6 +21,7 @@ import logging
 from typing import Any, Callable
 
 from .annotation_store import AnnotationStore, PendingSave, SaveOutcome
+from .feedback import AcceptanceTracker
 from .jobs import BackgroundQueue
 from .metrics import ServiceMetrics
 from .ml_base import MLBackendBase
@@ -83,12 +84,14 @@ class WebhookProcessor:
         metrics: ServiceMetrics,
         training: TrainingCoordinator,
         model_for: Callable[[str, str | None], MLBackendBase],
+        acceptance: AcceptanceTracker | None = None,
     ) -> None:
         self.store = store
         self.jobs = jobs
         self.metrics = metrics
         self.training = training
         self.model_for = model_for
+        self.acceptance = acceptance
 
     def handle(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -137,6 +140,16 @@ class WebhookProcessor:
             logger.info("%s: annotation %s %s", action, outcome.annotation_id, outcome.status)
         if any(o["status"] == "stored" for o in outcomes) and label_config:
             self.jobs.submit(f"fit {action}", self._fit, action, data, label_config, project_id)
+        if self.acceptance is not None and label_config:
+            for (annotation, _), outcome in zip(pairs, outcomes):
+                if outcome["status"] == "stored" and self.acceptance.wanted(annotation):
+                    self.jobs.submit(
+                        f"acceptance of annotation {outcome['annotation']}",
+                        self.acceptance.measure,
+                        annotation,
+                        project_id,
+                        label_config,
+                    )
         status = "stored" if any(o["status"] == "stored" for o in outcomes) else "duplicate"
         return {"status": status, "annotations": outcomes}
 

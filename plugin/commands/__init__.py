@@ -5,6 +5,6 @@ Each module defines ``NAME``, ``HELP`` (one line), ``DESCRIPTION`` (the ``--help
 ``rate``), write such a module and list it in ``COMMANDS``.
 """
 
-from plugin.commands import export, rate, setup
+from plugin.commands import export, rate, report, setup
 
-COMMANDS = (setup, export, rate)
+COMMANDS = (setup, export, rate, report)

@@ -172,3 +172,55 @@ def test_annotation_regions_joins_masks_texts_and_ratings_by_region_id(tmp_path)
     np.testing.assert_array_equal(brush.mask, square)
     np.testing.assert_array_equal(polygon.mask, square)
     assert (brush.labels, polygon.labels, brush.texts) == (["cat"], ["dog"], {})
+
+
+def test_an_annotation_is_compared_with_the_prediction_it_started_from(config, fake_ls):
+    """CREATED (recorded from Label Studio) corrected prediction 1: it kept region pred1's mask and
+    replaced its caption, and the prediction also had a class mask the annotator deleted. So for
+    zero-guidance: 1 edited region with 1 text edit; for classes, "sky": 1 deleted."""
+    import json
+
+    annotation = CREATED["annotation"]
+    segment = next(r for r in annotation["result"] if r["type"] == "brushlabels")
+    height, width = segment["original_height"], segment["original_width"]
+    sky = np.zeros((height, width), bool)
+    sky[:10] = True
+    prediction = {
+        "id": 1,
+        "model_version": "zeroguide-v1",
+        "result": [
+            segment,
+            {**next(r for r in annotation["result"] if r["type"] == "textarea"), "value": {"text": ["a disc"]}},
+            {
+                "id": "c1",
+                "from_name": "class_mask",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": width,
+                "original_height": height,
+                "value": {"format": "rle", "rle": mask_to_rle(sky), "brushlabels": ["sky"]},
+            },
+        ],
+    }
+    fake_ls.state.protected["/api/predictions/1/"] = json.dumps(prediction).encode()
+    config = config.replace(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.state.pat)
+    app, client, service = make_app(config)
+    assert client.post("/webhook", json=CREATED).json["status"] == "stored"
+    assert service.jobs.wait_idle(10)
+    acceptance = client.get("/metrics").json["acceptance"]["1"]
+    assert acceptance["tasks"] == 1
+    zero_guidance = acceptance["methods"]["zero-guidance"]["segment"]
+    assert (zero_guidance["unchanged"], zero_guidance["edited"], zero_guidance["deleted"]) == (0, 1, 0)
+    assert (zero_guidance["texts"], zero_guidance["texts_edited"], zero_guidance["iou"]) == (1, 1, 1.0)
+    assert acceptance["text_edits"] == [["a disc", "human-corrected caption"]]
+    sky_counts = acceptance["methods"]["classes"]["sky"]
+    assert (sky_counts["deleted"], sky_counts["intersection"], sky_counts["iou"]) == (1, 0, 0.0)
+    assert acceptance["model_versions"]["zeroguide-v1"]["edited_share"] == pytest.approx(1 / 2)
+
+
+def test_acceptance_needs_label_studio_credentials(config):
+    app, client, service = make_app(config)  # no LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY
+    client.post("/webhook", json=CREATED)
+    assert service.jobs.wait_idle(10)
+    metrics = client.get("/metrics").json
+    assert metrics["acceptance"] == {} and metrics["acceptance_jobs"]["unavailable"] == 1
