@@ -153,7 +153,7 @@ def test_human_annotation_reaches_the_backend_webhook(project, label_studio, mon
             "value": {"text": [caption]},
         }
     )
-    annotation = client.annotations.create(id=task_id, result=result, lead_time=2.5)
+    annotation = client.annotations.create(id=task_id, result=result, lead_time=2.5, parent_prediction=prediction.id)
 
     deadline = time.monotonic() + 30
     stored_files: list[Path] = []
@@ -187,6 +187,40 @@ def test_human_annotation_reaches_the_backend_webhook(project, label_studio, mon
     exported_mask = np.asarray(Image.open(out_dir / region["mask"]))
     np.testing.assert_array_equal(exported_mask, np.where(brush_alpha(brush) >= 128, 255, 0))
     assert region["area"] == int((brush_alpha(brush) >= 128).sum())
+
+    # ... and the backend measured how much of its prediction was kept: one caption changed, the
+    # rest as served (every region unchanged, every label's pixels the same)
+    old_caption = next(
+        item["value"]["text"][0]
+        for item in prediction.result
+        if item["id"] == first_region and item["type"] == "textarea"
+    )
+    counts: dict[str, int] = {}
+    for item in prediction.result:
+        if item["type"] == "brushlabels":
+            counts[item["from_name"]] = counts.get(item["from_name"], 0) + 1
+    acceptance = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and acceptance is None:
+        metrics = requests.get(f"{project.backend.url}/metrics", timeout=10).json()
+        acceptance = metrics["acceptance"].get(str(project.project_id))
+        time.sleep(0.5)
+    assert acceptance is not None, f"no acceptance measured\n{log_tail(project.backend.process.log_path)}"
+    segments = acceptance["methods"]["zero-guidance"]["segment"]
+    assert (segments["unchanged"], segments["edited"], segments["deleted"], segments["added"]) == (
+        counts["segment"] - 1,
+        1,
+        0,
+        0,
+    )
+    assert segments["iou"] == 1.0 and (segments["texts_edited"], acceptance["text_edits"]) == (
+        1,
+        [[old_caption, caption]],
+    )
+    for label, figures in acceptance["methods"].get("classes", {}).items():
+        assert figures["edited"] == figures["deleted"] == 0 and figures["iou"] == 1.0, label
+    assert plugin_main(["report", "--project", str(project.project_id), "--out", str(out_dir / "report")]) == 0
+    assert f"- {old_caption} -> {caption}" in (out_dir / "report" / "report.md").read_text()
 
 
 def test_setup_again_changes_nothing(prelabelled, label_studio, e2e_images, monkeypatch, capsys):
