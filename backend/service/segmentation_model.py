@@ -31,6 +31,8 @@ from .adapters import (
 )
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageFetchError
+from .informativeness import disagreement
+from .regions import regions_from_results
 from .interactive import (
     InteractiveContext,
     InteractiveContextError,
@@ -241,16 +243,29 @@ class SegmentationMLBackend(MLBackendBase):
             raise RuntimeError("every tag failed: " + "; ".join(problems))
         return self.checked_prediction(results, version), problems
 
+    def disagreement(self, results: list[dict]) -> float | None:
+        """How much the free-text segments and the class masks of one task disagree, or ``None``
+        without free-text segments (:func:`backend.service.informativeness.disagreement`)."""
+        zero_guidance = {a.from_name for a in self.adapters if a.mode == ZERO_GUIDANCE}
+        classes = {a.from_name for a in self.adapters if a.mode == CLASSES}
+        if not zero_guidance:
+            return None
+        regions = regions_from_results(results, zero_guidance | classes, ())
+        scores = {r["id"]: r.get("score") for r in results if r.get("from_name") in zero_guidance}
+        segments = [(r.mask, scores.get(r.id)) for r in regions if r.control in zero_guidance]
+        class_masks = [r.mask for r in regions if r.control in classes] if classes else None
+        return disagreement(segments, class_masks)
+
     def checked_prediction(self, results: list[dict], version: str) -> dict:
         """``results`` as a prediction, without the regions Label Studio would reject (raises when
         the whole prediction would be rejected)."""
         results = self.validated(results)
         scores = [r["score"] for r in results if isinstance(r.get("score"), (int, float))]
-        prediction = {
-            "result": results,
-            "score": float(sum(scores) / len(scores)) if scores else 0.0,
-            "model_version": version,
-        }
+        score = float(sum(scores) / len(scores)) if scores else 0.0
+        disagreeing = self.disagreement(results)
+        if disagreeing is not None:
+            score = 1.0 - disagreeing  # the most informative tasks sort first (backend/service/informativeness.py)
+        prediction = {"result": results, "score": score, "model_version": version}
         errors = self.label_interface.validate_prediction(
             {**prediction, "result": [_sdk_checkable(r) for r in results]}, return_errors=True
         )
