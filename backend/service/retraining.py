@@ -13,19 +13,27 @@ safely (``annotation_store``) and runs this hook in its background queue, next t
    service's Label Studio credentials;
 3. the alignment module is trained (FMbSeg Stage 2: TSupCon, SGD, cosine annealing, 5 images a
    batch, 10 epochs) into ``MODEL_DIR/training/``, resumable after a crash;
-4. only when training has finished is the checkpoint moved (atomically) into the checkpoint
-   folder: the next prediction serves it, and its name enters ``model_version``, so Label Studio
-   re-predicts. A crash leaves the previous checkpoint in service.
+4. **the guard**: with at least ``GUARD_MIN_TASKS`` corrected tasks, a fixed share of them
+   (``HOLDOUT_PERCENT``, chosen by a hash of the task id, so the same tasks stay out run after
+   run) is held out of training; the new module and the one serving now (or Stage 1 when none
+   is) label the held-out images, and the new module is served only if its mIoU against the
+   human masks is not lower. Otherwise the old one stays and the run's result (``/metrics``,
+   ``training.last_result``) says why;
+5. only when training has finished (and the guard passed) is the checkpoint moved (atomically)
+   into the checkpoint folder: the next prediction serves it, and its name enters
+   ``model_version``, so Label Studio re-predicts. A crash leaves the previous checkpoint in service.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ..fmbseg.settings import FMbSegSettings
 from .hooks import TrainingRequest
 from .runtime import project_checkpoint_prefix
@@ -34,7 +42,55 @@ from .vocabulary import ClassMaskTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingVocabulary", "training_vocabulary", "retrain_fmbseg"]
+__all__ = ["TrainingVocabulary", "training_vocabulary", "retrain_fmbseg", "is_held_out", "HOLDOUT_PERCENT"]
+
+HOLDOUT_PERCENT = 20  # of the corrected tasks, held out of training to judge the new module
+GUARD_MIN_TASKS = 5  # fewer corrected tasks: train on all of them, no guard
+
+
+def is_held_out(task_id: Any) -> bool:
+    """Whether a task is in the held-out share (by a hash of its id: stable across runs)."""
+    digest = hashlib.sha256(str(task_id).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100 < HOLDOUT_PERCENT
+
+
+def _human_label_map(masks, classes: list[str], shape: tuple[int, int]) -> np.ndarray:
+    """Class index per pixel from human masks (later ones on top); -1 where none."""
+    label_map = np.full(shape, -1, dtype=np.int64)
+    for mask in masks:
+        label_map[mask.mask] = classes.index(mask.class_name)
+    return label_map
+
+
+def held_out_miou(predict, held_out, classes: list[str]) -> float | None:
+    """mIoU of ``predict(image) -> label map`` against the human masks of the held-out images
+    (pixels no human mask covers are not scored; per class, intersections and unions summed
+    over images; the mean over classes with a non-empty union)."""
+    intersection = np.zeros(len(classes))
+    union = np.zeros(len(classes))
+    for image, masks in held_out:
+        truth = _human_label_map(masks, classes, image.shape[:2])
+        scored = truth >= 0
+        predicted = predict(image)
+        for index in range(len(classes)):
+            p, t = (predicted == index) & scored, truth == index
+            intersection[index] += np.logical_and(p, t).sum()
+            union[index] += np.logical_or(p, t).sum()
+    present = union > 0
+    return float((intersection[present] / union[present]).mean()) if present.any() else None
+
+
+def _serving_checkpoint(checkpoint_dir: Path, project_id: int | None) -> Path | None:
+    """The checkpoint the project is served with now (as ``CheckpointLocator``, without ``FMBSEG_CHECKPOINT``)."""
+    from .runtime import CHECKPOINT_SUFFIXES, PROJECT_CHECKPOINT_PREFIX
+
+    if not checkpoint_dir.is_dir():
+        return None
+    files = [p for p in checkpoint_dir.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+    own = [p for p in files if p.name.startswith(project_checkpoint_prefix(project_id))]
+    shared = [p for p in files if not p.name.startswith(PROJECT_CHECKPOINT_PREFIX)]
+    candidates = own or shared
+    return max(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name)) if candidates else None
 
 
 @dataclass(frozen=True)
@@ -110,6 +166,7 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
     predictor = FMbSegPredictor(load_models(request.preset), vocabulary.settings)
     fetcher = request.images.fetcher()
     examples, regions_used, skipped = [], 0, []
+    corrected = []  # (task id, image, human masks, index)
     for index, record in enumerate(request.annotations):
         task = record.get("task") or {}
         try:
@@ -136,8 +193,15 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
         masks = [
             LabelledMask(_resize_mask(region.mask, image.shape[:2]), prompt, "human") for region, prompt in corrections
         ]
-        examples.append(predictor.training_example(image, masks, classes, seed=(0, index)))
+        corrected.append((task.get("id"), image, masks, index))
         regions_used += len(masks)
+    guarded = len(corrected) >= GUARD_MIN_TASKS
+    held_out = [(image, masks) for task_id, image, masks, _ in corrected if guarded and is_held_out(task_id)]
+    if len(held_out) == len(corrected):
+        held_out = []  # nothing left to train on: train on all, unguarded
+    for task_id, image, masks, index in corrected:
+        if not (held_out and is_held_out(task_id)):
+            examples.append(predictor.training_example(image, masks, classes, seed=(0, index)))
     if not examples:
         raise ValueError(
             "no human class masks to train on" + (f" ({len(skipped)} tasks skipped: {skipped[0]})" if skipped else "")
@@ -160,16 +224,67 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
             examples, classes, work_path, training_settings=settings, progress_bar=progress_bar, serve=False
         )
     target_dir = Path(request.checkpoint_dir)
+    guard = _guard(predictor, load_models(request.preset), vocabulary, work_path, target_dir, request, held_out)
+    summary = {
+        "version": checkpoint.version,
+        "classes": classes,
+        "images": len(examples),
+        "held_out_images": len(held_out),
+        "regions": regions_used,
+        "skipped_tasks": skipped,
+        "loss_per_epoch": [round(v, 5) for v in checkpoint.loss_history],
+        "guard": guard,
+    }
+    if not guard["served"]:
+        work_path.unlink(missing_ok=True)
+        logger.warning("retraining: the new module is not served: %s", guard["reason"])
+        return {**summary, "checkpoint": None}
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / f"{project_checkpoint_prefix(request.project_id)}{checkpoint.version}.safetensors"
     os.replace(work_path, target)  # same file system: atomic; prediction sees the finished file only
     logger.info("retraining: %d images, %d regions -> %s", len(examples), regions_used, target)
+    return {**summary, "checkpoint": str(target)}
+
+
+def _guard(predictor, models, vocabulary, work_path: Path, target_dir: Path, request, held_out) -> dict[str, Any]:
+    """Whether the new module (in ``work_path``) may be served: its held-out mIoU is not lower
+    than the serving module's (or Stage 1's)."""
+    from ..fmbseg import FMbSegPredictor
+
+    if not held_out:
+        return {"served": True, "reason": f"unguarded: fewer than {GUARD_MIN_TASKS} corrected tasks to hold some out"}
+    classes = vocabulary.classes
+    new = FMbSegPredictor(models, vocabulary.settings)
+    new.load_checkpoint(work_path)
+    from ..fmbseg.checkpoints import CheckpointError
+
+    serving_path = _serving_checkpoint(target_dir, request.project_id)
+    serving = FMbSegPredictor(models, vocabulary.settings)
+    if serving_path is not None:
+        try:
+            serving.load_checkpoint(serving_path)
+        except CheckpointError:  # made for other feature settings: not servable, Stage 1 is the bar
+            serving_path = None
+
+    def labels(with_predictor, open_vocabulary: bool):
+        return lambda image: with_predictor.predict(
+            image, classes, refine=False, open_vocabulary=open_vocabulary
+        ).label_map
+
+    new_miou = held_out_miou(labels(new, False), held_out, classes)
+    serving_miou = held_out_miou(labels(serving, serving_path is not None), held_out, classes)
+    served = serving_miou is None or (new_miou is not None and new_miou >= serving_miou)
+    against = serving_path.name if serving_path is not None else "FMbSeg Stage 1 (no module served yet)"
+    verdict = "not lower than" if served else "lower than"
     return {
-        "checkpoint": str(target),
-        "version": checkpoint.version,
-        "classes": classes,
-        "images": len(examples),
-        "regions": regions_used,
-        "skipped_tasks": skipped,
-        "loss_per_epoch": [round(v, 5) for v in checkpoint.loss_history],
+        "served": served,
+        "held_out_images": len(held_out),
+        "miou_new": new_miou,
+        "miou_serving": serving_miou,
+        "serving": against,
+        "reason": f"held-out mIoU {_fmt(new_miou)} is {verdict} the serving module's {_fmt(serving_miou)} ({against})",
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"

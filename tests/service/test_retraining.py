@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from backend.fmbseg.checkpoints import load_alignment_checkpoint
+from backend.fmbseg.loss import LossSettings
 from backend.fmbseg.training import TrainingSettings
 from backend.service.adapters import ClassMaskAdapter
 from backend.service.config import ServiceConfig
@@ -206,3 +207,62 @@ def test_from_env_registers_retraining_by_default():
 
     assert ServiceConfig.from_env({}).training_hook == "backend.service.retraining:retrain_fmbseg"
     assert ServiceConfig.from_env({"TRAINING_HOOK": "none"}).training_hook is None
+
+
+def many_tasks(tmp_path, count=12):
+    """``count`` annotated images: sky (bright) on top, cat (dark) below, each a little different."""
+    root = tmp_path / "many"
+    root.mkdir()
+    records = []
+    for index in range(count):
+        rng = np.random.RandomState(100 + index)
+        pixels = (rng.rand(48, 64, 3) * 60).astype(np.uint8)
+        split = 20 + index % 8
+        pixels[:split] += 180
+        Image.fromarray(pixels).save(root / f"im{index}.png")
+        sky = np.zeros((48, 64), bool)
+        sky[:split] = True
+        records.append(
+            {
+                "annotation": {"id": 100 + index, "result": [brush("a", ~sky, "Cat"), brush("b", sky, "Sky")]},
+                "task": {"id": 500 + index, "data": {"image": f"/data/local-files/?d=im{index}.png"}},
+                "project_id": 7,
+            }
+        )
+    return root, records
+
+
+def test_a_retrain_made_worse_on_purpose_is_refused(tmp_path):
+    from backend.service.retraining import is_held_out
+
+    root, records = many_tasks(tmp_path)
+    held = [r["task"]["id"] for r in records if is_held_out(r["task"]["id"])]
+    assert 0 < len(held) < len(records)  # the guard has tasks to judge on and tasks to train on
+    request = request_for(tmp_path, root, records)
+    # the service's loss (the balanced terms: docs/fmbseg-stage2.md), long enough to learn the halves
+    settings = TrainingSettings(epochs=15, loss=LossSettings(balance_terms=True))
+    good = retrain_fmbseg(request, training_settings=settings)
+    assert good["guard"]["served"] and good["checkpoint"] is not None
+    assert good["held_out_images"] == len(held) and good["images"] == len(records) - len(held)
+    assert good["guard"]["serving"].startswith("FMbSeg Stage 1")  # judged against what was served
+    first = sorted(request.checkpoint_dir.iterdir())
+
+    # the annotators of the training tasks swapped the labels; the held-out tasks stay right
+    for record in records:
+        if record["task"]["id"] not in held:
+            for item in record["annotation"]["result"]:
+                item["value"]["brushlabels"] = ["Sky" if item["value"]["brushlabels"] == ["Cat"] else "Cat"]
+    bad = retrain_fmbseg(request, training_settings=settings)
+    guard = bad["guard"]
+    assert guard["served"] is False and bad["checkpoint"] is None
+    assert guard["miou_new"] < guard["miou_serving"] and guard["serving"] == first[0].name
+    assert "lower than the serving module's" in guard["reason"]
+    assert sorted(request.checkpoint_dir.iterdir()) == first  # the good module stays in service
+    assert not list((request.model_dir / "training").glob("*.safetensors"))  # the refused one is gone
+
+
+def test_few_corrections_train_unguarded(tmp_path, project):
+    root, records = project  # two tasks
+    summary = retrain_fmbseg(request_for(tmp_path, root, records), training_settings=TrainingSettings(epochs=1))
+    assert summary["guard"]["served"] and "unguarded" in summary["guard"]["reason"]
+    assert summary["held_out_images"] == 0 and summary["images"] == 2
