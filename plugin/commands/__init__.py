@@ -5,6 +5,6 @@ Each module defines ``NAME``, ``HELP`` (one line), ``DESCRIPTION`` (the ``--help
 ``rate``), write such a module and list it in ``COMMANDS``.
 """
 
-from plugin.commands import export, propose_labels, rate, report, setup
+from plugin.commands import export, propose_labels, rate, report, setup, tune_thresholds
 
-COMMANDS = (setup, export, rate, report, propose_labels)
+COMMANDS = (setup, export, rate, report, propose_labels, tune_thresholds)
