@@ -200,6 +200,7 @@ class FMbSegPredictor:
         refine: bool | None = None,
         open_vocabulary: bool = False,
         timings: dict[str, float] | None = None,
+        stage1_agreement: bool = False,
     ) -> ClassMaskPrediction:
         """Class masks for ``classes`` (the vocabulary, e.g. a Label Studio project's labels).
 
@@ -208,7 +209,9 @@ class FMbSegPredictor:
         so any class list can be scored (the paper's zero-shot evaluation on other datasets).
         Without a checkpoint, Stage 1 pseudo-labels are served. ``timings``, if given, is filled
         with the seconds of each step (``dinov2``, ``alignment``, ``label_map``, ``sam_embedding``,
-        ``sam_automatic``, ``overlay``; Stage 1's steps without a checkpoint).
+        ``sam_automatic``, ``overlay``; Stage 1's steps without a checkpoint). ``stage1_agreement``:
+        with a checkpoint, also run Stage 1 (SAM: seconds on a CPU) and report the share of the
+        pixels both label with the same class (``ClassMaskPrediction.stage1_agreement``).
         """
         check_image(image)
         classes = list(dict.fromkeys(classes))
@@ -249,4 +252,9 @@ class FMbSegPredictor:
                     masks = np.stack([r["segmentation"] for r in records])  # at the image's size
                     label_map = refined_label_map(label_map, masks)
             source = "stage2-refined"
-        return ClassMaskPrediction(label_map, classes, source, version, self.models.random_weights)
+        agreement = None
+        if stage1_agreement:
+            stage1 = self.pseudo_label(image, classes).label_map()
+            both = (stage1 >= 0) & (label_map >= 0)
+            agreement = float((stage1[both] == label_map[both]).mean()) if both.any() else None
+        return ClassMaskPrediction(label_map, classes, source, version, self.models.random_weights, agreement)

@@ -50,6 +50,9 @@ class ClassMaskPrediction:
             ``"stage2-base"`` or ``"stage2-refined"``.
         model_version: preset, settings fingerprint and alignment checkpoint version.
         random_weights: True when the foundation models have random weights (``tiny``).
+        stage1_agreement: asked for (``predict(stage1_agreement=True)``) with a trained module:
+            the share of the pixels both label that Stage 1's pseudo-labels and this prediction
+            give the same class; else ``None``.
     """
 
     label_map: np.ndarray
@@ -57,6 +60,7 @@ class ClassMaskPrediction:
     source: PredictionSource
     model_version: str
     random_weights: bool
+    stage1_agreement: float | None = None
 
     def __post_init__(self) -> None:
         self.label_map = np.asarray(self.label_map)

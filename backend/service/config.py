@@ -132,6 +132,9 @@ class ServiceConfig:
     image_max_pixels: int = 40_000_000  # IMAGE_MAX_PIXELS: larger images are refused
     model_max_pixels: int = 1024 * 1024  # MODEL_MAX_PIXELS: larger images are downscaled
     failed_task_reply: str = "empty"  # FAILED_TASK_REPLY: empty | none
+    # INFORMATIVENESS_STAGE1: with a trained alignment module, also run FMbSeg Stage 1 on every
+    # task (SAM: seconds on a CPU) so that its disagreement with Stage 2 enters the task's score
+    informativeness_stage1: bool = False
 
     # --- image fetching safety (docs/reliability.md) ----------------------------------------
     image_allowed_hosts: tuple[str, ...] = ()  # IMAGE_ALLOWED_HOSTS: host or host:port, exempt from SSRF checks
@@ -250,6 +253,7 @@ class ServiceConfig:
             image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 40_000_000, minimum=1),
             model_max_pixels=_int(env, "MODEL_MAX_PIXELS", 1024 * 1024, minimum=1),
             failed_task_reply=_text(env, "FAILED_TASK_REPLY", "empty").lower(),
+            informativeness_stage1=_bool(env, "INFORMATIVENESS_STAGE1", False),
             image_allowed_hosts=tuple((_text(env, "IMAGE_ALLOWED_HOSTS") or "").split(",")),
             ssrf_protection_enabled=_bool(env, "SSRF_PROTECTION_ENABLED", True),
             image_decode_concurrency=_int(env, "IMAGE_DECODE_CONCURRENCY", 2, minimum=1),

@@ -10,9 +10,13 @@ class-mask tag on one image, the prediction's score is therefore its *agreement*
   below ``MATCH_IOU`` (a named thing the class list does not cover, or covers elsewhere);
 * **uncertain text**: 1 minus the mean CLIP text score of the free-text segments (the regions'
   ``score``: section 3.3's cosine similarity, clipped to [0, 1]);
+* **stage 1 vs 2** (``INFORMATIVENESS_STAGE1=1``, with a trained alignment module: FMbSeg also
+  runs Stage 1, SAM, seconds a task on a CPU): 1 minus the share of the pixels both label that
+  Stage 1's pseudo-labels and the served Stage 2 prediction give the same class;
 * ``disagreement`` = the mean of the terms present; score = 1 - disagreement, in [0, 1].
 
-Without free-text segments the score stays the mean of the regions' scores.
+Without any term (no free-text segments, no Stage 1 run) the score stays the mean of the
+regions' scores.
 """
 
 from __future__ import annotations
@@ -27,18 +31,21 @@ MATCH_IOU = 0.5  # a segment and a class mask this similar name the same thing
 
 
 def disagreement(
-    segments: Sequence[tuple[np.ndarray, float | None]], class_masks: Sequence[np.ndarray] | None
+    segments: Sequence[tuple[np.ndarray, float | None]],
+    class_masks: Sequence[np.ndarray] | None,
+    stage1_agreement: float | None = None,
 ) -> float | None:
-    """How much the methods disagree on one image (module docstring), ``None`` without segments.
+    """How much the methods disagree on one image (module docstring), ``None`` without any term.
 
     Args:
         segments: the free-text segments: ``(mask, text score or None)``.
         class_masks: the class masks of the image; ``None`` when no class-mask tag ran (the
             unmatched term is then left out).
+        stage1_agreement: FMbSeg's Stage 1 vs Stage 2 agreement, when it was measured.
     """
+    terms = [] if stage1_agreement is None else [1.0 - float(np.clip(stage1_agreement, 0.0, 1.0))]
     if not segments:
-        return None
-    terms = []
+        return float(np.mean(terms)) if terms else None
     if class_masks is not None:
         areas = np.array([mask.sum() for mask, _ in segments], dtype=np.float64)
         unmatched = np.zeros(len(segments), dtype=bool)

@@ -728,7 +728,12 @@ class _RemotePredictor:
         self.runtime, self.settings, self.project = runtime, settings, project
 
     def predict(
-        self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None, open_vocabulary: bool = False
+        self,
+        image: np.ndarray,
+        classes: Sequence[str],
+        refine: bool | None = None,
+        open_vocabulary: bool = False,
+        stage1_agreement: bool = False,
     ) -> ClassMaskPrediction:
         arguments = {
             "image": image,
@@ -737,6 +742,8 @@ class _RemotePredictor:
             "open_vocabulary": open_vocabulary,
             "project": self.project,
         }
+        if stage1_agreement:
+            arguments["stage1_agreement"] = True
         return self.runtime.call("predict", self.settings, arguments)
 
     def trained_classes(self) -> list[str] | None:

@@ -153,7 +153,12 @@ class ClassPredictor(Protocol):
     """What the service calls on an FMbSeg facade (``FMbSegPredictor``)."""
 
     def predict(
-        self, image: np.ndarray, classes: Sequence[str], refine: bool | None = None, open_vocabulary: bool = False
+        self,
+        image: np.ndarray,
+        classes: Sequence[str],
+        refine: bool | None = None,
+        open_vocabulary: bool = False,
+        **options: bool,  # stage1_agreement=True (INFORMATIVENESS_STAGE1)
     ) -> ClassMaskPrediction: ...
 
     def trained_classes(self) -> list[str] | None: ...

@@ -29,6 +29,7 @@ from .adapters import (
     detect_adapters,
     no_adapter_message,
 )
+from .adapters.class_masks import STAGE1_AGREEMENT
 from .config import ServiceConfig
 from .images import ImageFetcher, ImageFetchError
 from .informativeness import disagreement
@@ -241,28 +242,28 @@ class SegmentationMLBackend(MLBackendBase):
                 problems.append(f'<{adapter.tag} name="{adapter.from_name}"> failed: {type(error).__name__}: {error}')
         if problems and len(problems) == len(self.adapters):
             raise RuntimeError("every tag failed: " + "; ".join(problems))
-        return self.checked_prediction(results, version), problems
+        return self.checked_prediction(results, version, cache.get(STAGE1_AGREEMENT)), problems
 
-    def disagreement(self, results: list[dict]) -> float | None:
-        """How much the free-text segments and the class masks of one task disagree, or ``None``
-        without free-text segments (:func:`backend.service.informativeness.disagreement`)."""
+    def disagreement(self, results: list[dict], stage1_agreement: float | None = None) -> float | None:
+        """How much the methods disagree on one task, or ``None`` without anything to compare
+        (:func:`backend.service.informativeness.disagreement`)."""
         zero_guidance = {a.from_name for a in self.adapters if a.mode == ZERO_GUIDANCE}
         classes = {a.from_name for a in self.adapters if a.mode == CLASSES}
         if not zero_guidance:
-            return None
+            return disagreement([], None, stage1_agreement)
         regions = regions_from_results(results, zero_guidance | classes, ())
         scores = {r["id"]: r.get("score") for r in results if r.get("from_name") in zero_guidance}
         segments = [(r.mask, scores.get(r.id)) for r in regions if r.control in zero_guidance]
         class_masks = [r.mask for r in regions if r.control in classes] if classes else None
-        return disagreement(segments, class_masks)
+        return disagreement(segments, class_masks, stage1_agreement)
 
-    def checked_prediction(self, results: list[dict], version: str) -> dict:
+    def checked_prediction(self, results: list[dict], version: str, stage1_agreement: float | None = None) -> dict:
         """``results`` as a prediction, without the regions Label Studio would reject (raises when
         the whole prediction would be rejected)."""
         results = self.validated(results)
         scores = [r["score"] for r in results if isinstance(r.get("score"), (int, float))]
         score = float(sum(scores) / len(scores)) if scores else 0.0
-        disagreeing = self.disagreement(results)
+        disagreeing = self.disagreement(results, stage1_agreement)
         if disagreeing is not None:
             score = 1.0 - disagreeing  # the most informative tasks sort first (backend/service/informativeness.py)
         prediction = {"result": results, "score": score, "model_version": version}

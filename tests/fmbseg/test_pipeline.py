@@ -312,3 +312,13 @@ def test_command_line_pseudo_label_then_train(tmp_path, image):
         )
         == 2
     )
+
+
+def test_stage1_agreement_of_a_trained_module(trained, image):
+    predictor, _, _, _ = trained
+    result = predictor.predict(image, CLASSES, refine=False, stage1_agreement=True)
+    stage1 = predictor.pseudo_label(image, CLASSES).label_map()  # recomputed here
+    both = (stage1 >= 0) & (result.label_map >= 0)
+    expected = float((stage1[both] == result.label_map[both]).mean()) if both.any() else None
+    assert result.stage1_agreement == pytest.approx(expected)
+    assert predictor.predict(image, CLASSES, refine=False).stage1_agreement is None  # not asked: not run

@@ -81,17 +81,27 @@ class FakeFMbSeg:
     def trained_classes(self) -> list[str] | None:
         return None if self.trained is None else list(self.trained)
 
+    STAGE1_AGREEMENT = 0.5  # what the fake reports when asked for Stage 1's agreement
+
     def predict(
-        self, image: np.ndarray, classes: list[str], refine: bool | None = None, open_vocabulary: bool = False
+        self,
+        image: np.ndarray,
+        classes: list[str],
+        refine: bool | None = None,
+        open_vocabulary: bool = False,
+        stage1_agreement: bool = False,
     ) -> ClassMaskPrediction:
-        self.calls.append((tuple(classes), refine, open_vocabulary))
+        self.calls.append((tuple(classes), refine, open_vocabulary) + ((True,) if stage1_agreement else ()))
         height, width = image.shape[:2]
         handled = [c for c in classes if "unknown" not in c]
         label_map = np.full((height, width), -1, int)
         bands = np.array_split(np.arange(height), max(len(handled), 1))
         for index, rows in enumerate(bands[: len(handled)]):
             label_map[rows, :] = index
-        return ClassMaskPrediction(label_map, handled, "stage1", "fake", random_weights=True)
+        agreement = self.STAGE1_AGREEMENT if stage1_agreement else None
+        return ClassMaskPrediction(
+            label_map, handled, "stage1", "fake", random_weights=True, stage1_agreement=agreement
+        )
 
 
 class FakeClicker:

@@ -49,3 +49,27 @@ def test_a_prediction_scores_the_agreement_of_its_methods(config):
     body = {"tasks": [{"id": 1, "data": {"image": image}}], "label_config": RECORDED_CONFIG, "project": "1.1"}
     reply = client.post("/predict", json=body).json
     assert reply["results"][0]["score"] == pytest.approx(0.325)
+
+
+def test_stage1_agreement_is_a_third_term():
+    assert disagreement([], None, 0.75) == pytest.approx(0.25)  # class masks alone: 1 - agreement
+    segments = [(rows(0, 2), 0.3), (rows(2, 4), 0.1)]
+    assert disagreement(segments, [rows(0, 2)], 0.75) == pytest.approx((0.5 + 0.8 + 0.25) / 3)
+    assert disagreement([], None) is None
+
+
+@pytest.mark.parametrize("enabled, expected", [(False, 0.325), (True, 1 - (1.0 + 0.35 + 0.5) / 3)])
+def test_informativeness_stage1_asks_fmbseg_for_its_stage1_agreement(config, enabled, expected):
+    """As above with a trained module; with INFORMATIVENESS_STAGE1 the fake reports an agreement
+    of 0.5 between its Stage 1 and Stage 2, a third term 1 - 0.5."""
+    from backend.service.app import create_app
+
+    from .conftest import FakeMethods, png_bytes, sample_image
+
+    methods = FakeMethods(trained=["cat", "sky"])
+    app = create_app(config.replace(informativeness_stage1=enabled), methods=methods)
+    image = "data:image/png;base64," + base64.b64encode(png_bytes(sample_image(32, 24))).decode()
+    body = {"tasks": [{"id": 1, "data": {"image": image}}], "label_config": RECORDED_CONFIG, "project": "1.1"}
+    reply = app.test_client().post("/predict", json=body).json
+    assert reply["results"][0]["score"] == pytest.approx(expected)
+    assert (methods.predictors[0].calls[0][-1] is True) == enabled

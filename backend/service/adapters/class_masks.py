@@ -24,6 +24,9 @@ from .base import CLASSES, BoxShape, BrushShape, ControlAdapter, LabelConfigErro
 logger = logging.getLogger(__name__)
 
 
+STAGE1_AGREEMENT = "stage1_agreement"  # key of a task's prediction cache: FMbSeg Stage 1 vs 2 agreement
+
+
 class ClassMaskAdapter(ControlAdapter):
     mode = CLASSES
 
@@ -81,14 +84,20 @@ class ClassMaskAdapter(ControlAdapter):
 
     def predict_regions(self, image: LoadedImage, cache: dict) -> list[dict]:
         predictor = self.runtime.fmbseg(self.settings, self.project)
-        classes, open_vocabulary = self._vocabulary(predictor.trained_classes())
+        trained = predictor.trained_classes()
+        trained_module = trained is not None
+        classes, open_vocabulary = self._vocabulary(trained)
+        # INFORMATIVENESS_STAGE1: with a trained module, Stage 1 too (its agreement scores the task)
+        extra = {"stage1_agreement": True} if self.config.informativeness_stage1 and trained_module else {}
         key = (CLASSES, image.source, tuple(classes), self.refine, open_vocabulary, self.settings.fingerprint())
         if key not in cache:
             with self.runtime.inference_lock:
                 cache[key] = predictor.predict(
-                    image.pixels, classes=classes, refine=self.refine, open_vocabulary=open_vocabulary
+                    image.pixels, classes=classes, refine=self.refine, open_vocabulary=open_vocabulary, **extra
                 )
         output: ClassMaskPrediction = cache[key]
+        if output.stage1_agreement is not None:
+            cache[STAGE1_AGREEMENT] = output.stage1_agreement
         class_masks = output.class_masks
         results: list[dict] = []
         for prompt, label in self.vocabulary.prompt_to_label.items():
