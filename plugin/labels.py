@@ -22,6 +22,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 from plugin.errors import PluginError
+from plugin.schema import config_tree
 
 __all__ = ["SYNONYM_SIMILARITY", "NamedArea", "LabelProposal", "propose_labels", "add_labels_to_config"]
 
@@ -107,11 +108,7 @@ def propose_labels(
 def add_labels_to_config(label_config: str, tag_name: str, proposals: Sequence[LabelProposal]) -> tuple[str, list[str]]:
     """The label config with the proposals appended to the tag ``tag_name`` (labels whose value it
     already has are skipped), and the values added."""
-    parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True))
-    try:
-        root = ElementTree.fromstring(label_config, parser=parser)
-    except ElementTree.ParseError as error:
-        raise PluginError(f"cannot parse the project's label config: {error}") from None
+    root = config_tree(label_config)
     tag = next((element for element in root.iter() if element.get("name") == tag_name), None)
     if tag is None:
         raise PluginError(f"the label config has no tag named {tag_name!r}")

@@ -15,6 +15,7 @@ but nothing here hard-codes those names: they are read with the SDK's ``LabelInt
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,3 +85,13 @@ def read_label_config(path: Path) -> str:
         raise PluginError(f"cannot read the label config {path}: {error}") from error
     LabelingSchema.from_config(text)
     return text
+
+
+def config_tree(label_config: str) -> ElementTree.Element:
+    """A label config as an element tree that keeps its comments (for editing it); a clear
+    `PluginError` when it is not XML."""
+    parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True))
+    try:
+        return ElementTree.fromstring(label_config, parser=parser)
+    except ElementTree.ParseError as error:
+        raise PluginError(f"cannot parse the project's label config: {error}") from None

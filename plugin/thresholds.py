@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backend.service.regions import regions_from_results
-from plugin.errors import PluginError
+from plugin.schema import config_tree
 
 __all__ = ["MIN_REGIONS", "ScoredOutcome", "best_threshold", "scored_outcomes", "apply_thresholds"]
 
@@ -72,11 +72,7 @@ def scored_outcomes(
 def apply_thresholds(label_config: str, thresholds: Mapping[tuple[str, str], float], palettes: set[str]) -> str:
     """The label config with ``model_score_threshold`` set: on the ``<Label>`` of each (tag, label),
     or on the tag itself for the tags in ``palettes`` (zero-guidance: every label one category)."""
-    parser = ElementTree.XMLParser(target=ElementTree.TreeBuilder(insert_comments=True))
-    try:
-        root = ElementTree.fromstring(label_config, parser=parser)
-    except ElementTree.ParseError as error:
-        raise PluginError(f"cannot parse the project's label config: {error}") from None
+    root = config_tree(label_config)
     tags = {element.get("name"): element for element in root.iter() if element.get("name")}
     for (control, label), threshold in thresholds.items():
         tag = tags.get(control)

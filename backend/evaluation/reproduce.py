@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from ..outputs import encode_rle, read_image, write_json
+from ..outputs import read_image, write_json
 from .datasets import DatasetItem, DatasetLayout, get_dataset
 from .files import PredictionFile, read_json, read_label_map
 from .metrics import TAU_IOU, ImageOverlaps, LabelSpace, evaluate_segmentation, text_generation_quality
@@ -183,31 +183,6 @@ def get_table(name: str) -> ReproductionTable:
 # ---- running the method -------------------------------------------------------------------------
 
 
-def prediction_json(result, image_name: str) -> dict:
-    """A prediction file (``python -m backend.zeroguide``'s format) with each segment's CLIP
-    embedding, which ST reassignment needs."""
-    return {
-        "image": image_name,
-        "image_size": list(result.image_size),
-        "preset": result.preset,
-        "random_weights": result.random_weights,
-        "model_version": result.model_version,
-        "settings": result.settings.to_dict(),
-        "timings_s": result.timings,
-        "segments": [
-            {
-                "id": index,
-                "text": segment.text,
-                "text_score": segment.text_score,
-                "merge_score": segment.merge_score,
-                "mask_rle": encode_rle(segment.mask),
-                "embedding": [float(value) for value in segment.embedding],
-            }
-            for index, segment in enumerate(result.segments)
-        ],
-    }
-
-
 def _kept(path: Path, settings: dict) -> bool:
     """Whether an earlier run left this file, made with these settings (else it is made again)."""
     if not path.is_file():
@@ -228,7 +203,7 @@ def predict_dataset(
         path = folder / f"{item.id}.json"
         if not _kept(path, settings):
             result = segmenter.segment(read_image(item.image))
-            write_json(path, prediction_json(result, item.image.name))
+            write_json(path, result.to_json(item.image.name, embeddings=True))
             computed += 1
         paths.append(path)
     return paths, computed

@@ -571,9 +571,10 @@ class ProcessModelRuntime:
                 left_s = give_up_at - time.monotonic()
                 if left_s <= 0:
                     raise
-                if error.dead_conn is not None:  # the child died; its reader may not know yet
+                dead = error.dead_conn
+                if dead is not None:  # the child died; its reader may not know yet
                     with self._lock:
-                        self._child_gone.wait_for(lambda: self._conn is not error.dead_conn, left_s)
+                        self._child_gone.wait_for(lambda: self._conn is not dead, left_s)
                 self.wait_until_ready(max(0.0, give_up_at - time.monotonic()))
 
     def _request(self, head: tuple, *rest: Any, deadline_s: float | None, gated: bool) -> Any:

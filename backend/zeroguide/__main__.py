@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..models import MissingWeightsError, list_presets, load_models
 from ..models.settings import SegmentEncoding
-from ..outputs import ReadableImages, draw_overlay, encode_rle, write_json
+from ..outputs import ReadableImages, draw_overlay, write_json
 from .captioning.registry import captioner_names, captioner_settings
 from .settings import ZeroGuideSettings
 
@@ -77,31 +77,6 @@ def settings_from_args(args: argparse.Namespace, preset_overrides: dict) -> Zero
     return settings.replace(**changes)
 
 
-def result_to_json(result, image_name: str) -> dict:
-    return {
-        "image": image_name,
-        "image_size": list(result.image_size),
-        "preset": result.preset,
-        "random_weights": result.random_weights,
-        "model_version": result.model_version,
-        "settings": result.settings.to_dict(),
-        "timings_s": result.timings,
-        "candidates": result.candidates,
-        "segments": [
-            {
-                "id": index,
-                "text": segment.text,
-                "text_score": segment.text_score,
-                "merge_score": segment.merge_score,
-                "node_id": segment.node_id,
-                "area": segment.area,
-                "mask_rle": encode_rle(segment.mask),
-            }
-            for index, segment in enumerate(result.segments)
-        ],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
@@ -123,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         except MissingWeightsError as error:
             log.error("%s", error)
             return 2
-        write_json(args.out / f"{path.stem}.json", result_to_json(result, path.name))
+        write_json(args.out / f"{path.stem}.json", result.to_json(path.name))
         overlay = draw_overlay(image, [s.mask for s in result.segments], [s.text for s in result.segments], banner)
         overlay.save(args.out / f"{path.stem}.overlay.png")
     if readable.failures:

@@ -64,3 +64,32 @@ class ZeroGuidanceResult:
         for index, segment in enumerate(self.segments):
             label_map[segment.mask] = index
         return label_map
+
+    def to_json(self, image_name: str, embeddings: bool = False) -> dict:
+        """The prediction file of ``python -m backend.zeroguide`` (read by ``backend.evaluation``);
+        ``embeddings``: with each segment's CLIP embedding (what ST reassignment needs)."""
+        from ..outputs import encode_rle
+
+        return {
+            "image": image_name,
+            "image_size": list(self.image_size),
+            "preset": self.preset,
+            "random_weights": self.random_weights,
+            "model_version": self.model_version,
+            "settings": self.settings.to_dict(),
+            "timings_s": self.timings,
+            "candidates": self.candidates,
+            "segments": [
+                {
+                    "id": index,
+                    "text": segment.text,
+                    "text_score": segment.text_score,
+                    "merge_score": segment.merge_score,
+                    "node_id": segment.node_id,
+                    "area": segment.area,
+                    "mask_rle": encode_rle(segment.mask),
+                    **({"embedding": [float(v) for v in segment.embedding]} if embeddings else {}),
+                }
+                for index, segment in enumerate(self.segments)
+            ],
+        }
