@@ -302,3 +302,8 @@ def _content_type(path: Path) -> str:
 
 
 IMAGE_SUFFIXES = frozenset(_CONTENT_TYPES)
+
+
+def as_dict(item) -> dict:
+    """A record of the SDK (a pydantic model) or of a plain JSON answer, as a dict."""
+    return dict(item) if isinstance(item, Mapping) else item.model_dump()

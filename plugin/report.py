@@ -13,18 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+from label_studio_sdk.types import Prediction
 from PIL import Image, ImageDraw
 
 from backend.outputs import write_json
 from backend.service.acceptance import AcceptanceSummary, LabelCounts, TaskAcceptance, task_acceptance
 from backend.service.feedback import shape_methods
-from plugin.connection import LabelStudioConnection
+from plugin.connection import LabelStudioConnection, as_dict
 from plugin.errors import PluginError
 from plugin.rating.lookup import get_project
 
-__all__ = ["ProjectAcceptance", "project_acceptance", "write_report", "bar_chart"]
+__all__ = ["ProjectAcceptance", "corrections", "project_acceptance", "write_report", "bar_chart"]
 
 SHARE_COLOURS = {"unchanged": (44, 160, 44), "edited": (255, 127, 14), "deleted": (214, 39, 40)}
 BAR_COLOUR = (31, 119, 180)
@@ -32,10 +33,6 @@ CHART_WIDTH = 640
 BAR_AREA = 360  # pixels a bar of 1.0 takes
 ROW_HEIGHT = 22
 LABEL_WIDTH = 230
-
-
-def _as_dict(item) -> dict:
-    return item if isinstance(item, dict) else item.dict()
 
 
 @dataclass
@@ -51,36 +48,41 @@ class ProjectAcceptance:
         return AcceptanceSummary.of(self.tasks)
 
 
+def corrections(connection: LabelStudioConnection, project_id: int) -> Iterator[tuple[dict, Prediction | None]]:
+    """Every submitted (not skipped) annotation of the project with the prediction it started from
+    (``parent_prediction``; ``None`` when it was drawn from scratch or its prediction is gone)."""
+    predictions = {
+        prediction.id: prediction
+        for prediction in connection.call(connection.client.predictions.list, project=project_id)
+    }
+    pager = connection.call(connection.client.tasks.list, project=project_id, fields="all", page_size=100)
+    for task in connection.call(list, pager):
+        for annotation in map(as_dict, task.annotations or []):
+            if not annotation.get("was_cancelled"):
+                yield annotation, predictions.get(annotation.get("parent_prediction"))
+
+
 def project_acceptance(connection: LabelStudioConnection, project_id: int) -> ProjectAcceptance:
     """Every submitted (not skipped) annotation of the project against its parent prediction."""
     project = get_project(connection, project_id)
     methods, categories = shape_methods(project.label_config or "")
     if not methods:
         raise PluginError(f"project {project_id}: its label config has no BrushLabels or PolygonLabels to measure")
-    predictions = {
-        prediction.id: prediction
-        for prediction in connection.call(connection.client.predictions.list, project=project_id)
-    }
-    pager = connection.call(connection.client.tasks.list, project=project_id, fields="all", page_size=100)
     measured, annotations, without = [], 0, 0
-    for task in connection.call(list, pager):
-        for annotation in map(_as_dict, task.annotations or []):
-            if annotation.get("was_cancelled"):
-                continue
-            annotations += 1
-            prediction = predictions.get(annotation.get("parent_prediction"))
-            if prediction is None:
-                without += 1
-                continue
-            measured.append(
-                task_acceptance(
-                    prediction.result or [],
-                    annotation.get("result") or [],
-                    methods,
-                    model_version=prediction.model_version,
-                    categories=categories,
-                )
+    for annotation, prediction in corrections(connection, project_id):
+        annotations += 1
+        if prediction is None:
+            without += 1
+            continue
+        measured.append(
+            task_acceptance(
+                prediction.result or [],
+                annotation.get("result") or [],
+                methods,
+                model_version=prediction.model_version,
+                categories=categories,
             )
+        )
     return ProjectAcceptance(project_id, measured, annotations, without)
 
 

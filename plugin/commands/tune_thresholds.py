@@ -9,6 +9,7 @@ from backend.service.feedback import shape_methods
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.rating.lookup import get_project
+from plugin.report import corrections
 from plugin.thresholds import MIN_REGIONS, apply_thresholds, best_threshold, scored_outcomes
 
 NAME = "tune-thresholds"
@@ -35,19 +36,13 @@ def run(args: argparse.Namespace) -> int:
     methods, categories = shape_methods(project.label_config or "")
     if not methods:
         raise PluginError(f"project {args.project}: no BrushLabels or PolygonLabels to tune")
-    predictions = {p.id: p for p in connection.call(connection.client.predictions.list, project=args.project)}
-    pager = connection.call(connection.client.tasks.list, project=args.project, fields="all", page_size=100)
     by_label: dict[tuple[str, str], list[tuple[float, bool]]] = {}
-    for task in connection.call(list, pager):
-        for annotation in task.annotations or []:
-            annotation = annotation if isinstance(annotation, dict) else annotation.dict()
-            prediction = predictions.get(annotation.get("parent_prediction"))
-            if annotation.get("was_cancelled") or prediction is None:
-                continue
-            for outcome in scored_outcomes(
-                prediction.result or [], annotation.get("result") or [], categories, set(methods)
-            ):
-                by_label.setdefault((outcome.control, outcome.label), []).append((outcome.score, outcome.kept))
+    for annotation, prediction in corrections(connection, args.project):
+        if prediction is None:
+            continue
+        outcomes = scored_outcomes(prediction.result or [], annotation.get("result") or [], categories, set(methods))
+        for outcome in outcomes:
+            by_label.setdefault((outcome.control, outcome.label), []).append((outcome.score, outcome.kept))
     thresholds = {}
     for (control, label), outcomes in sorted(by_label.items()):
         if len(outcomes) < args.min_regions:

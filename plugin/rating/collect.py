@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from backend.evaluation.rating import RATERS_PER_SEGMENT
-from plugin.connection import LabelStudioConnection
+from plugin.connection import LabelStudioConnection, as_dict
 from plugin.errors import PluginError
 from plugin.rating.config import (
     BATCH_KEY,
@@ -65,10 +65,6 @@ class CollectedRatings:
         return sorted({record["rater"] for record in self.records}, key=lambda rater: (len(rater), rater))
 
 
-def _as_dict(item) -> dict:
-    return dict(item) if isinstance(item, Mapping) else item.model_dump()
-
-
 def score_of(result: Sequence[Mapping], rating_control: str = RATING_CONTROL) -> int | None:
     """The 0-3 score chosen in ``rating_control``, or None when there is none (or not exactly one)."""
     chosen = [
@@ -106,7 +102,7 @@ def _task_ratings(task: Mapping, rating_control: str, notes: list[str]) -> list[
     """``[(rater, annotation, score)]`` of a task by annotation id: skipped annotations and
     annotations without a score left out, of one rater's annotations only the newest."""
     newest_by_rater: dict[str, tuple[dict, int]] = {}
-    for annotation in sorted((_as_dict(a) for a in task.get("annotations") or []), key=lambda a: a["id"]):
+    for annotation in sorted((as_dict(a) for a in task.get("annotations") or []), key=lambda a: a["id"]):
         if annotation.get("was_cancelled"):
             notes.append(f"task {task['id']}: annotation {annotation['id']} was skipped")
             continue
@@ -267,7 +263,7 @@ def ratings_from_batch_tasks(
 def _read_tasks(connection: LabelStudioConnection, project_id: int) -> list[dict]:
     pager = connection.call(connection.client.tasks.list, project=project_id, fields="all", page_size=100)
     tasks = [
-        {"id": task.id, "data": task.data or {}, "annotations": [_as_dict(a) for a in task.annotations or []]}
+        {"id": task.id, "data": task.data or {}, "annotations": [as_dict(a) for a in task.annotations or []]}
         for task in connection.call(list, pager)
     ]
     if not tasks:
