@@ -67,6 +67,15 @@ def region_texts(result: list[dict]) -> dict[str, list[str]]:
     return texts
 
 
+def log_in(page, label_studio) -> None:
+    """Log the page in as the server's admin, through the login form."""
+    page.goto(f"{label_studio.url}/user/login/")
+    page.fill("input[name=email]", label_studio.email)
+    page.fill("input[name=password]", label_studio.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/user/login" not in url)
+
+
 def squashed(text: str) -> str:
     return " ".join(text.split())
 
@@ -87,11 +96,7 @@ def test_editor_shows_the_predicted_regions_and_their_text(browser, prelabelled,
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        page.goto(f"{label_studio.url}/user/login/")
-        page.fill("input[name=email]", label_studio.email)
-        page.fill("input[name=password]", label_studio.password)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/user/login" not in url)
+        log_in(page, label_studio)
         step("logged in")
 
         page.goto(f"{label_studio.url}/projects/{project.project_id}/data?task={task_id}")
@@ -165,11 +170,7 @@ def test_interactive_click_with_the_smart_keypoint_shows_the_mask_and_its_text(
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        page.goto(f"{label_studio.url}/user/login/")
-        page.fill("input[name=email]", label_studio.email)
-        page.fill("input[name=password]", label_studio.password)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/user/login" not in url)
+        log_in(page, label_studio)
         page.goto(f"{label_studio.url}/projects/{project.project_id}/data?task={task_id}")
         page.wait_for_selector("canvas")
         auto_annotation = page.get_by_text("Auto-Annotation", exact=True)  # shown once the ML backends loaded
@@ -401,11 +402,7 @@ def test_web_ui_path_connects_the_backend_and_retrieves_predictions(
     page.set_default_timeout(TIMEOUT_MS)
     shots = {name: artifacts_dir / f"web-ui-{name}.png" for name in WEB_UI_SCREENSHOTS}
     try:
-        page.goto(f"{label_studio.url}/user/login/")
-        page.fill("input[name=email]", label_studio.email)
-        page.fill("input[name=password]", label_studio.password)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/user/login" not in url)
+        log_in(page, label_studio)
 
         page.goto(f"{label_studio.url}/projects/{project_id}/settings/ml")  # Settings > Model
         page.locator("button", has_text="Connect Model").first.click()

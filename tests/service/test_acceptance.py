@@ -4,25 +4,13 @@ import numpy as np
 import pytest
 
 from backend.service.acceptance import AcceptanceSummary, TaskAcceptance, task_acceptance
-from backend.service.masks import mask_to_rle
+from tests.plugin.test_export_formats import brush, per_region  # Label Studio results, encoded by the SDK
 
 METHODS = {"segment": "zero-guidance", "class_mask": "classes"}
 
 
-def brush(region_id, control, label, mask):
-    return {
-        "id": region_id,
-        "from_name": control,
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": mask.shape[1],
-        "original_height": mask.shape[0],
-        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
-    }
-
-
 def text(region_id, value):
-    return {"id": region_id, "from_name": "caption", "to_name": "image", "type": "textarea", "value": {"text": [value]}}
+    return per_region(region_id, "caption", "textarea", [value])
 
 
 def area(rows=slice(None), cols=slice(None)):
