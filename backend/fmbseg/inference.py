@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.images import bilinear_matrix
 from .alignment import AlignmentModule
 
 NO_LABEL = -1
@@ -66,21 +67,6 @@ def dense_class_scores(
     return F.interpolate(scores[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
-def _interpolation_matrix(out_size: int, in_size: int) -> torch.Tensor:
-    """(out, in) matrix of 1-D linear interpolation as ``F.interpolate(..., align_corners=False)``:
-    output index o reads source s = max(0, (o + 0.5) * in/out - 0.5) = i0 + f and takes
-    (1 - f) x[i0] + f x[i1], with i1 = min(i0 + 1, in - 1)."""
-    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    first = source.floor().long().clamp(max=in_size - 1)
-    second = (first + 1).clamp(max=in_size - 1)
-    fraction = source - first
-    rows = torch.arange(out_size)
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    matrix.index_put_((rows, first), 1 - fraction, accumulate=True)
-    matrix.index_put_((rows, second), fraction, accumulate=True)
-    return matrix.float()
-
-
 def base_label_map(
     patch_embeddings: torch.Tensor,
     text_embeddings: torch.Tensor,
@@ -102,9 +88,9 @@ def base_label_map(
         raise ValueError(f"chunk_elements must be positive, got {chunk_elements}.")
     scores = patch_class_scores(patch_embeddings, text_embeddings).permute(1, 2, 0)  # (h, w, K)
     grid_h, grid_w, num_classes = scores.shape
-    along_x = torch.matmul(_interpolation_matrix(width, grid_w).to(scores.device), scores)  # (h, W, K)
+    along_x = torch.matmul(bilinear_matrix(width, grid_w).float().to(scores.device), scores)  # (h, W, K)
     along_x = along_x.reshape(grid_h, width * num_classes)
-    along_y = _interpolation_matrix(height, grid_h).to(scores.device)  # (H, h)
+    along_y = bilinear_matrix(height, grid_h).float().to(scores.device)  # (H, h)
     labels = torch.empty((height, width), dtype=torch.long, device=scores.device)
     rows = max(1, chunk_elements // (width * num_classes))
     for start in range(0, height, rows):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_image", "image_to_tensor", "resize_masks"]
+__all__ = ["check_image", "image_to_tensor", "resize_masks", "bilinear_matrix"]
 
 
 def check_image(image: np.ndarray) -> np.ndarray:
@@ -43,3 +43,18 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     mode = "area" if masks.shape[1] >= size[0] and masks.shape[2] >= size[1] else "bilinear"
     kwargs = {} if mode == "area" else {"align_corners": False}
     return F.interpolate(masks[:, None].float(), size=size, mode=mode, **kwargs)[:, 0].clamp_(0.0, 1.0)
+
+
+def bilinear_matrix(out_size: int, in_size: int) -> torch.Tensor:
+    """(out, in) float64 matrix of ``F.interpolate(mode="bilinear", align_corners=False)`` along one
+    axis: output o reads source s = max(0, (o + 0.5) in/out - 0.5) = i0 + f and takes
+    (1 - f) x[i0] + f x[i1], with i1 = min(i0 + 1, in - 1)."""
+    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
+    first = source.floor().long().clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    fraction = source - first
+    rows = torch.arange(out_size)
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    matrix.index_put_((rows, first), 1 - fraction, accumulate=True)
+    matrix.index_put_((rows, second), fraction, accumulate=True)
+    return matrix

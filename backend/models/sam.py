@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .images import check_image
+from .images import bilinear_matrix, check_image
 
 __all__ = [
     "SamModels",
@@ -464,20 +464,6 @@ class PromptDecoder:
         return logits.reshape(batch, masks, 4 * h, 4 * w)
 
 
-def _bilinear_matrix(out_size: int, in_size: int) -> torch.Tensor:
-    """(out, in) float64 matrix of ``F.interpolate(mode="bilinear", align_corners=False)`` along one
-    axis: output o reads source s = max(0, (o + 0.5) in/out - 0.5) = i0 + f, i.e. (1 - f) x[i0] + f x[i1]."""
-    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * (in_size / out_size) - 0.5).clamp(min=0)
-    first = source.floor().long().clamp(max=in_size - 1)
-    second = (first + 1).clamp(max=in_size - 1)
-    fraction = source - first
-    rows = torch.arange(out_size)
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    matrix.index_put_((rows, first), 1 - fraction, accumulate=True)
-    matrix.index_put_((rows, second), fraction, accumulate=True)
-    return matrix
-
-
 _RESAMPLE_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _RESAMPLE_LOCK = threading.Lock()
 
@@ -492,8 +478,8 @@ def _resampling_matrices(
         if key not in _RESAMPLE_CACHE:
             axes = []
             for low, valid, out in zip(low_res, input_size, output_size):
-                to_frame = _bilinear_matrix(image_size, low)[:valid]  # (valid, low): upsampled, cropped
-                axes.append((_bilinear_matrix(out, valid) @ to_frame).float())
+                to_frame = bilinear_matrix(image_size, low)[:valid]  # (valid, low): upsampled, cropped
+                axes.append((bilinear_matrix(out, valid) @ to_frame).float())
             if len(_RESAMPLE_CACHE) > 16:
                 _RESAMPLE_CACHE.clear()
             _RESAMPLE_CACHE[key] = (axes[0], axes[1])
