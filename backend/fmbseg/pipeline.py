@@ -15,7 +15,8 @@ from ..models.images import check_image
 from .alignment import AlignmentModuleConfig
 from .checkpoints import AlignmentCheckpoint, CheckpointError, check_feature_settings, load_alignment_checkpoint
 from .inference import align_patch_grid, base_label_map, refined_label_map
-from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_square, timed
+from ..timing import timed
+from .pseudo_labels import PseudoLabeler, PseudoLabels, resize_square
 from .results import ClassMaskPrediction, LabelledMask
 from .settings import FMbSegSettings
 from .training import (

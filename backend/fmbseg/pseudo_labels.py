@@ -8,8 +8,6 @@ SAM's automatic masks with the present class nearest to the mask's mean CLIP pat
 from __future__ import annotations
 
 import json
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 
 from ..models.clip import DenseClipSettings
 from ..models.images import check_image
+from ..timing import timed
 from .settings import FMbSegSettings
 
 __all__ = [
@@ -177,17 +176,6 @@ def label_masks_by_mean_feature(
     similarity = F.normalize(mean, dim=-1) @ text_embeddings.T
     best = similarity.max(dim=1)
     return best.indices.cpu().numpy(), best.values.float().cpu().numpy()
-
-
-@contextmanager
-def timed(timings: dict[str, float] | None, name: str):
-    """Add the block's wall-clock seconds to ``timings[name]`` (nothing when ``timings`` is None)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if timings is not None:
-            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 4)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

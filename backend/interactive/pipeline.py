@@ -20,14 +20,13 @@ Per click:
 from __future__ import annotations
 
 import threading
-import time
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 import torch
 
 from ..models.images import check_image
+from ..timing import timed
 from ..zeroguide.pipeline import ZeroGuidanceSegmenter
 from ..zeroguide.settings import ZeroGuideSettings
 from .cache import EmbeddingCache, content_hash
@@ -149,18 +148,12 @@ class ClickSegmenter:
             raise ValueError(f"class_template must contain '{{}}', got {class_template!r}")
         timings: dict[str, float] = {}
 
-        @contextmanager
-        def stage(name: str):
-            start = time.perf_counter()
-            yield
-            timings[name] = round(time.perf_counter() - start, 4)
-
         digest = content_hash(image)
         key = ("image", digest) if task_key is None else task_key
         with self._lock, torch.inference_mode():
-            with stage("sam_image"):
+            with timed(timings, "sam_image"):
                 embedding, cached = self._sam_embedding(image, key, digest)
-            with stage("sam_prompt"):
+            with timed(timings, "sam_prompt"):
                 masks, scores, _ = self.models.sam.predict(
                     image,
                     point_coords=points,
@@ -178,15 +171,15 @@ class ClickSegmenter:
             encoding = self.zeroguide_settings.segment_encoding
             prefix = None
             if encoding.method == "attention":
-                with stage("clip_prefix"):
+                with timed(timings, "clip_prefix"):
                     prefix = self._clip_prefix(image, key, digest)
-            with stage("describe"):
+            with timed(timings, "describe"):
                 (description,) = self.describer.describe(image, mask[None], prefix)
             visual = description.visual.float()
             text_score = float(torch.dot(visual, description.text_embedding.float()))
             class_name = class_score = None
             if classes:
-                with stage("classes"):
+                with timed(timings, "classes"):
                     class_name, class_score = self._nearest_class(visual, list(classes), class_template)
         return ClickResult(
             mask=mask,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 
 import cv2
 import numpy as np
 import torch
 
 from ..models.images import check_image
+from ..timing import timed
 from .clustering import find_segment_candidates
 from .crf import densecrf_refine, upsample_label_map, upsample_labels_along_edges
 from .merging import SegmentDescription, merge_segments
@@ -72,31 +71,25 @@ class ZeroGuidanceSegmenter:
         settings = self.settings
         timings: dict[str, float] = {}
 
-        @contextmanager
-        def stage(name: str):
-            start = time.perf_counter()
-            yield
-            timings[name] = round(time.perf_counter() - start, 4)
-
-        with stage("features"):
+        with timed(timings, "features"):
             features = self.models.dino(
                 image, settings.dino_image_size, settings.dino_stride, keep_aspect=settings.dino_keep_aspect
             )
-        with stage("clustering"):
+        with timed(timings, "clustering"):
             candidates = find_segment_candidates(
                 features,
                 n_clusters=min(settings.n_clusters, features.shape[0] * features.shape[1]),
                 similarity_threshold=settings.dino_similarity_threshold,
             )
-        with stage("crf"):
+        with timed(timings, "crf"):
             label_map = self._pixel_labels(image, features, candidates.label_map)
         node_ids = [node for index, node in enumerate(candidates.segment_ids) if (label_map == index).any()]
         masks = np.stack([label_map == candidates.segment_ids.index(node) for node in node_ids])
-        with stage("embedding_and_naming"):
+        with timed(timings, "embedding_and_naming"):
             encoding = settings.segment_encoding
             prefix = self.models.clip.segment_prefix(image, encoding) if encoding.method == "attention" else None
             descriptions = dict(zip(node_ids, self.describe(image, masks, prefix)))
-        with stage("merging"):
+        with timed(timings, "merging"):
             if settings.merge and len(node_ids) > 1:
                 merged = merge_segments(
                     candidates.tree,
