@@ -49,7 +49,7 @@ import yaml
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend.service.adapters.base import ZERO_GUIDANCE, LabelConfigError, control_mode
+from backend.service.adapters.base import segment_category
 from plugin.connection import LabelStudioConnection
 from plugin.errors import PluginError
 from plugin.importing import uploaded_file_name
@@ -164,19 +164,17 @@ class AnnotatedImage:
 def brush_categories(label_config: str, schema: LabelingSchema) -> Categories:
     """The category table of the config's BrushLabels tags: each label a category, except the
     labels of a zero-guidance tag (a colour palette), which are one: its ``model_label``, else its
-    first label (the backend's rule, ``control_mode``)."""
+    first label (the backend's rule, ``segment_category``; a tag with a bad ``model_mode``, which
+    the backend refuses, is exported as classes)."""
     interface = LabelInterface(label_config)
     controls: dict[str, list[str]] = {}
     segment_controls: dict[str, str] = {}
     for name in schema.brush_controls:
         control = interface.get_control(name)
         controls[name] = list(control.labels or [])
-        try:
-            zero_guidance = control_mode(control, interface) == ZERO_GUIDANCE
-        except LabelConfigError:  # a bad model_mode: the backend refuses the config; export it as classes
-            zero_guidance = False
-        if zero_guidance and controls[name]:
-            segment_controls[name] = control.attr.get("model_label") or controls[name][0]
+        category = segment_category(control, interface)
+        if category is not None:
+            segment_controls[name] = category
     return Categories.from_controls(controls, segment_controls)
 
 

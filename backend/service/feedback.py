@@ -23,7 +23,7 @@ from typing import Any, Callable
 from label_studio_sdk.label_interface import LabelInterface
 
 from .acceptance import AcceptanceSummary, TaskAcceptance, task_acceptance
-from .adapters.base import ZERO_GUIDANCE, LabelConfigError, control_mode, is_smart_tool
+from .adapters.base import LabelConfigError, control_mode, is_smart_tool, segment_category
 from .metrics import ServiceMetrics
 from .reconcile import LabelStudioAnnotations, ReconcileError
 
@@ -43,8 +43,9 @@ def shape_methods(label_config: str) -> tuple[dict[str, str], dict[str, str]]:
             methods[control.name] = control_mode(control, interface)
         except LabelConfigError:
             continue
-        if methods[control.name] == ZERO_GUIDANCE and control.labels:
-            categories[control.name] = control.attr.get("model_label") or control.labels[0]
+        category = segment_category(control, interface)
+        if category is not None:
+            categories[control.name] = category
     return methods, categories
 
 

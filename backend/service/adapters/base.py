@@ -108,6 +108,20 @@ def control_mode(control: Any, interface: Any) -> str:
     return CLASSES
 
 
+def segment_category(control: Any, interface: Any) -> str | None:
+    """The one category a zero-guidance tag's labels stand for (they are a colour palette,
+    backend/service/palette.py): its ``model_label``, else its first label; ``None`` for any other
+    tag, or one whose ``model_mode`` is not valid."""
+    try:
+        mode = control_mode(control, interface)
+    except LabelConfigError:
+        return None
+    labels = list(control.labels or [])
+    if mode != ZERO_GUIDANCE or not labels:
+        return None
+    return control.attr.get("model_label") or labels[0]
+
+
 class TagOptions:
     """Reads ``model_*`` attributes of one control tag, with environment fallbacks."""
 
