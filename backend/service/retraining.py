@@ -165,8 +165,12 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
     classes = vocabulary.classes
     predictor = FMbSegPredictor(load_models(request.preset), vocabulary.settings)
     fetcher = request.images.fetcher()
-    examples, regions_used, skipped = [], 0, []
-    corrected = []  # (task id, image, human masks, index)
+    regions_used, skipped = 0, []
+    # Training examples are made as the tasks come (an image is dropped once its example exists);
+    # only the tasks the guard may hold out keep their image, until it is known whether it applies.
+    examples_at: dict[int, Any] = {}  # task position -> training example
+    candidates: list[tuple[int, np.ndarray, list]] = []  # (position, image, human masks): held out if guarded
+    corrected = 0
     for index, record in enumerate(request.annotations):
         task = record.get("task") or {}
         try:
@@ -193,15 +197,18 @@ def retrain_fmbseg(request: TrainingRequest, *, training_settings=None, progress
         masks = [
             LabelledMask(_resize_mask(region.mask, image.shape[:2]), prompt, "human") for region, prompt in corrections
         ]
-        corrected.append((task.get("id"), image, masks, index))
+        corrected += 1
         regions_used += len(masks)
-    guarded = len(corrected) >= GUARD_MIN_TASKS
-    held_out = [(image, masks) for task_id, image, masks, _ in corrected if guarded and is_held_out(task_id)]
-    if len(held_out) == len(corrected):
-        held_out = []  # nothing left to train on: train on all, unguarded
-    for task_id, image, masks, index in corrected:
-        if not (held_out and is_held_out(task_id)):
-            examples.append(predictor.training_example(image, masks, classes, seed=(0, index)))
+        if is_held_out(task.get("id")):
+            candidates.append((index, image, masks))
+        else:
+            examples_at[index] = predictor.training_example(image, masks, classes, seed=(0, index))
+    held_out = [(image, masks) for _, image, masks in candidates]
+    if corrected < GUARD_MIN_TASKS or not examples_at:  # too few to judge, or nothing left to train on
+        held_out = []
+        for index, image, masks in candidates:
+            examples_at[index] = predictor.training_example(image, masks, classes, seed=(0, index))
+    examples = [examples_at[index] for index in sorted(examples_at)]  # in task order, as before
     if not examples:
         raise ValueError(
             "no human class masks to train on" + (f" ({len(skipped)} tasks skipped: {skipped[0]})" if skipped else "")
