@@ -8,7 +8,9 @@ keeps the result in ``MODEL_DIR/acceptance/project-<id>/annotation-<id>.json`` (
 annotation is updated). ``GET /metrics`` shows the per-project summary under ``acceptance``.
 
 Without Label Studio credentials nothing is measured (``acceptance_jobs.unavailable`` counts the
-annotations); a prediction that cannot be read is counted under ``acceptance_jobs.errors``.
+annotations); a prediction that cannot be read is counted under ``acceptance_jobs.errors``, and
+one that belongs to another task than the annotation (a webhook body is anyone's to send) under
+``acceptance_jobs.mismatched``, unread.
 """
 
 from __future__ import annotations
@@ -74,6 +76,16 @@ class AcceptanceTracker:
             return None
         try:
             prediction = source.prediction(int(annotation["parent_prediction"]))
+            if prediction.get("task") != annotation.get("task"):
+                # a webhook body is anyone's: never read a prediction of another task into /metrics
+                self.metrics.increment("acceptance_jobs", "mismatched")
+                logger.warning(
+                    "acceptance of annotation %s: its parent prediction belongs to task %r, not %r",
+                    annotation.get("id"),
+                    prediction.get("task"),
+                    annotation.get("task"),
+                )
+                return None
             methods, categories = shape_methods(label_config)
             result = task_acceptance(
                 prediction.get("result") or [],

@@ -187,6 +187,7 @@ def test_an_annotation_is_compared_with_the_prediction_it_started_from(config, f
     sky[:10] = True
     prediction = {
         "id": 1,
+        "task": annotation["task"],
         "model_version": "zeroguide-v1",
         "result": [
             segment,
@@ -224,3 +225,19 @@ def test_acceptance_needs_label_studio_credentials(config):
     assert service.jobs.wait_idle(10)
     metrics = client.get("/metrics").json
     assert metrics["acceptance"] == {} and metrics["acceptance_jobs"]["unavailable"] == 1
+
+
+def test_a_parent_prediction_of_another_task_is_not_read_into_metrics(config, fake_ls):
+    """A hostile webhook naming the prediction of another task (here task 99) as its parent: that
+    prediction's regions and texts never reach /metrics."""
+    import json
+
+    fake_ls.state.protected["/api/predictions/1/"] = json.dumps(
+        {"id": 1, "task": 99, "model_version": "v", "result": [], "secret": "x"}
+    ).encode()
+    config = config.replace(label_studio_url=fake_ls.url, label_studio_api_key=fake_ls.state.pat)
+    app, client, service = make_app(config)
+    assert client.post("/webhook", json=CREATED).json["status"] == "stored"  # the annotation itself is kept
+    assert service.jobs.wait_idle(10)
+    metrics = client.get("/metrics").json
+    assert metrics["acceptance"] == {} and metrics["acceptance_jobs"]["mismatched"] == 1
