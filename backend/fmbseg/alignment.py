@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.attention import attention
+
 ALIGNMENT_KINDS = ("transformer", "mlp", "linear")
 
 
@@ -102,13 +104,7 @@ class TransformerBlock(nn.Module):
         qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.num_heads, head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, head_dim)
         # softmax(q k^T / sqrt(head_dim)) v over the patches of one image
-        if query.dtype == torch.bfloat16 and query.device.type == "cpu":
-            # the fused CPU kernel does not multiply bfloat16 natively; the plain path does (the
-            # softmax keeps float32 statistics): the served bfloat16 copy, see load_checkpoint
-            scores = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1))
-            attended = torch.matmul(torch.softmax(scores, dim=-1), value)
-        else:
-            attended = F.scaled_dot_product_attention(query, key, value)
+        attended = attention(query, key, value)
         x = x + self.attention_projection(attended.transpose(1, 2).reshape(batch, tokens, dim))
         return x + self.mlp(self.norm2(x))
 

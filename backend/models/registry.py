@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .attention import use_query_blocked_attention
 from .precision import dtype_name, resolve_dtype
 from .presets import PRESETS, ClipSpec, Preset, SamSpec, TimmSpec, get_preset, list_presets
 from .weights import (
@@ -125,12 +126,7 @@ def _build_timm(
         raise MissingWeightsError(f"timm {spec.name}", expected, spec.env_var, cause=str(error)) from error
     model = model.to(device=device, dtype=dtype).eval()
     if dtype == torch.bfloat16 and device.type == "cpu":
-        # PyTorch's fused CPU attention does not multiply bfloat16 natively: its plain path (q k^T,
-        # softmax with float32 statistics, P v: bfloat16 products) runs 1.3x faster (DINOv2 ViT-S/14
-        # at 518 on AVX-512-BF16), same numbers to a cosine of 0.99999 per token.
-        for module in model.modules():
-            if hasattr(module, "fused_attn"):
-                module.fused_attn = False
+        use_query_blocked_attention(model)  # attention a block of queries at a time (.attention)
     return model
 
 
