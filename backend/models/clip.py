@@ -173,7 +173,8 @@ class ClipModel:
         first_masked = self.num_blocks - settings.masked_layers
         tokens = self.segment_prefix(image, settings) if prefix is None else prefix
         key_weights = token_masks(resize_masks(masks_t, (self.input_size, self.input_size)), self.grid_size)
-        tokens = tokens.expand(masks_t.shape[0], -1, -1)
+        # (1, L, C): every segment enters the first masked block with the image's own tokens, so
+        # that block projects them and attends unmasked once; the masks make the K rows differ
         pooled_by_class_token = visual.attn_pool is None and visual.pool_type == "tok"
         masked_blocks = blocks[first_masked:]
         for index, block in enumerate(masked_blocks):
@@ -186,7 +187,7 @@ class ClipModel:
                 # the pooled embedding reads the class token only: skip the rest of the last block
                 class_token_only=pooled_by_class_token and index == len(masked_blocks) - 1,
             )
-        pooled, _ = visual._pool(tokens)
+        pooled, _ = visual._pool(tokens.expand(masks_t.shape[0], -1, -1))  # (K, ...) even with no masked block
         return self._project(pooled)
 
     def _encode_crops(self, image: np.ndarray, masks: torch.Tensor) -> torch.Tensor:

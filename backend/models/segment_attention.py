@@ -111,17 +111,20 @@ def masked_attention_outputs(
 
     Args:
         attention: ``nn.MultiheadAttention`` with packed input projections (``batch_first``).
-        tokens: (K, L, C) normalised block input.
+        tokens: (K, L, C) normalised block input, one row per segment; or (1, L, C) when every
+            segment's input is the same (the first masked block): Q, K, V and A are then computed
+            once.
         key_weights: (K, L) mask weights over keys (see :func:`token_masks`).
 
     Returns:
-        (masked, unmasked), each (K, L, C), heads concatenated, float32 whatever the weights' dtype
-        (the masked softmax is computed in float32).
+        (masked, unmasked): (K, L, C) and (K or 1, L, C), heads concatenated, float32 whatever the
+        weights' dtype (the masked softmax is computed in float32).
     """
     q, k, v = (t.float() for t in project_heads(attention, tokens))
     # Eq. 1 as an additive mask: softmax(x + log M); -inf where M = 0 (the class token keeps rows finite).
     log_mask = torch.log(key_weights.to(q.dtype))[:, None, None, :]
-    masked = F.scaled_dot_product_attention(q, k, v, attn_mask=log_mask)
+    count = key_weights.shape[0]
+    masked = F.scaled_dot_product_attention(*(t.expand(count, -1, -1, -1) for t in (q, k, v)), attn_mask=log_mask)
     unmasked = F.scaled_dot_product_attention(q, k, v)
     return merge_heads(masked), merge_heads(unmasked)
 
@@ -143,7 +146,8 @@ def run_masked_block(
 
     Args:
         block: the transformer block (``ln_1``, ``attn``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``).
-        tokens: (K, L, C) block input, one row per segment.
+        tokens: (K, L, C) block input, one row per segment, or (1, L, C), the same for every
+            segment (see :func:`masked_attention_outputs`).
         key_weights: (K, L) per-token mask weights, class token first.
         subtract_global: apply Eqs. 2-4 (off: plain masked attention, the ablation).
         sigma_squared: σ^2 of Eq. 4.

@@ -99,6 +99,24 @@ def test_masked_block_matches_loop_reference(subtract_global):
     assert torch.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("class_token_only", [False, True])
+def test_one_shared_input_row_equals_the_loop_reference_on_every_segment(class_token_only):
+    """The first masked block gets the image's tokens once, (1, L, C), for K masks."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(3)
+    block = ResidualAttentionBlock(16, 4).eval()
+    shared = torch.randn(1, 5, 16)
+    key_weights = torch.tensor([[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.2, 0.7, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    with torch.no_grad():
+        got = run_masked_block(
+            block, shared, key_weights, subtract_global=True, sigma_squared=2.5, class_token_only=class_token_only
+        )
+        want = _reference_block(block, shared.expand(3, -1, -1), key_weights, True, 2.5)
+    assert got.shape == (3, 1 if class_token_only else 5, 16)
+    assert torch.allclose(got, want[:, : got.shape[1]], atol=1e-5)
+
+
 def test_masked_attention_ignores_masked_keys():
     from open_clip.transformer import ResidualAttentionBlock
 
