@@ -136,7 +136,7 @@ def _encoder_attention(self, x: torch.Tensor) -> torch.Tensor:
         rel_w = torch.einsum("bhwc,wkc->bhwk", grid, get_rel_pos(width, width, self.rel_pos_w).float())
         rel_h, rel_w = rel_h.reshape(batch * heads, tokens, height), rel_w.reshape(batch * heads, tokens, width)
     q = q * self.scale
-    keys_t = k.transpose(1, 2)  # (B heads, d, N)
+    keys_t = k.transpose(1, 2).contiguous()  # (B heads, d, N), laid out once, not once a block of rows
     out = torch.empty(q.shape, dtype=dtype, device=q.device)
 
     def attend(pairs: slice, rows: slice) -> None:
