@@ -43,8 +43,10 @@ from backend.models.registry import FoundationModels  # noqa: E402
 from bench.common import (  # noqa: E402
     MEMORY_LIMIT_MB,
     SetImageReference,
+    counted_gflop,
     load_average,
     machine_report,
+    matmul_rate_gflops,
     median_stages,
     peak_rss_mb,
     results_path,
@@ -127,6 +129,9 @@ def main() -> None:
     refined_s, refined_runs = timed(
         lambda t: predictor.predict(image, classes, refine=True, timings=t), max(1, args.repeats - 1), before=forget
     )
+    # The floor: the base prediction's products alone at this CPU's measured rate, same run
+    base_gflop = counted_gflop(lambda: predictor.predict(image, classes, refine=False))
+    rate = matmul_rate_gflops(models.dtype)
     reference.measure()
     reference.close()
     seconds = {"stage1_pseudo_labels": stage1_s, "stage2_base": base_s, "stage2_refined": refined_s}
@@ -160,6 +165,15 @@ def main() -> None:
         "peak_rss_mb": rss,
         "memory_limit_mb": MEMORY_LIMIT_MB,
         "target_stage2_base_s": 1.0,
+        "stage2_base_floor": {
+            "what": "the base prediction's matrix products, convolutions and attention alone (GFLOP counted by "
+            "torch's FlopCounterMode) at this CPU's measured rate on a product of DINOv2's size, in the "
+            "models' dtype: no implementation of the same computation on this CPU goes below it",
+            "gflop": base_gflop,
+            "matmul_gflops_per_s": rate,
+            "seconds": round(base_gflop / rate, 3),
+            "ratio_to_set_image": round(base_gflop / rate / reference.median, 4),
+        },
     }
     print(
         json.dumps(

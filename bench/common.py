@@ -138,6 +138,37 @@ def timed(fn, repeats: int, before=None) -> tuple[float, list[dict]]:
     return round(statistics.median(r["total"] for r in runs), 3), runs
 
 
+def matmul_rate_gflops(dtype, shape: tuple[int, int, int] = (1370, 384, 1536), repeats: int = 30) -> float:
+    """This CPU's rate, GFLOP/s, on one (m x k) @ (k x n) product in ``dtype`` (median of ``repeats``).
+
+    The default is DINOv2 ViT-S/14's MLP product at 518 px, the base prediction's largest kind.
+    """
+    import torch
+
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    seconds = []
+    with torch.inference_mode():
+        a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - start)
+    return round(2 * m * k * n / statistics.median(seconds) / 1e9, 1)
+
+
+def counted_gflop(fn) -> float:
+    """The GFLOP of the matrix products, convolutions and attention ``fn()`` runs (PyTorch's
+    ``FlopCounterMode``: element-wise work such as softmax and LayerNorm is not counted). Attention
+    takes PyTorch's math path while counting: the counter does not see inside the fused CPU kernel."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]):
+        fn()
+    return round(counter.get_total_flops() / 1e9, 2)
+
+
 def median_stages(runs: list[dict]) -> dict[str, float]:
     """Per-step medians over runs (a step missing from a run counts 0)."""
     keys = [k for k in runs[0] if k not in ("cpu_s",)]
