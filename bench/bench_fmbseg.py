@@ -167,7 +167,7 @@ def main() -> None:
         "target_stage2_base_s": 1.0,
         "stage2_base_floor": {
             "what": "the base prediction's matrix products, convolutions and attention alone (GFLOP counted by "
-            "torch's FlopCounterMode) at this CPU's measured rate on a product of DINOv2's size, in the "
+            "torch's FlopCounterMode) at this CPU's best measured rate on a product of DINOv2's size, in the "
             "models' dtype: no implementation of the same computation on this CPU goes below it",
             "gflop": base_gflop,
             "matmul_gflops_per_s": rate,

@@ -3,7 +3,8 @@
 Each row is one figure of bench_zeroguide.py or bench_fmbseg.py, in each dtype measured: the
 median seconds, segment-anything's ``SamPredictor.set_image`` (SAM ViT-B, float32) on the same
 image in the same run, their ratio against the target, the run's peak memory and the machine's
-load before and after.
+load before and after; and the FMbSeg base prediction's compute floor (its counted GFLOP at the
+CPU's measured matrix-product rate), which says whether its target can be met on this CPU at all.
 
     python bench/report.py [--results bench/results]
 """
@@ -44,6 +45,15 @@ def rows(results: Path) -> list[str]:
                     f"{ratio:.3f} | <= {target} {verdict} | {report['peak_rss_mb']:.0f} "
                     f"{'ok' if report['peak_rss_mb'] < report['memory_limit_mb'] else 'OVER'} | "
                     f"{report['load_average_before'][0]} -> {report['load_average_after'][0]} |"
+                )
+            floor = report.get("stage2_base_floor")
+            if floor is not None:  # the base prediction's products alone at this CPU's measured rate
+                target = report["target_ratio"]["stage2_base"]
+                reachable = "reachable" if floor["ratio_to_set_image"] <= target else "UNREACHABLE on this CPU"
+                lines.append(
+                    f"| FMbSeg Stage 2 base: compute floor ({floor['gflop']} GFLOP at "
+                    f"{floor['matmul_gflops_per_s']} GFLOP/s) | {report['dtype']} | {floor['seconds']:.2f} | "
+                    f"{reference:.1f} | {floor['ratio_to_set_image']:.3f} | <= {target} {reachable} | | |"
                 )
     return lines
 
