@@ -169,7 +169,7 @@ def main() -> None:
             "what": "the base prediction's matrix products, convolutions and attention alone (GFLOP counted by "
             "torch's FlopCounterMode) at this CPU's best measured rate on a product of DINOv2's size, in the "
             "models' dtype: no implementation of the same computation on this CPU goes below it",
-            "gflop": base_gflop,
+            "gflop": round(base_gflop, 2),
             "matmul_gflops_per_s": rate,
             "seconds": round(base_gflop / rate, 3),
             "ratio_to_set_image": round(base_gflop / rate / reference.median, 4),

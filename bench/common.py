@@ -168,7 +168,7 @@ def counted_gflop(fn) -> float:
 
     with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]):
         fn()
-    return round(counter.get_total_flops() / 1e9, 2)
+    return counter.get_total_flops() / 1e9
 
 
 def median_stages(runs: list[dict]) -> dict[str, float]:
