@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +61,9 @@ class AcceptanceTracker:
         self.root = root
         self.source = source
         self.metrics = metrics
+        # path -> ((mtime_ns, size), parsed result): /metrics re-reads only the files that changed
+        self._parsed: dict[Path, tuple[tuple[int, int], TaskAcceptance]] = {}
+        self._parsed_lock = threading.Lock()
 
     def wanted(self, annotation: dict) -> bool:
         """Whether an annotation started from a prediction (there is something to compare)."""
@@ -110,16 +114,39 @@ class AcceptanceTracker:
         os.replace(handle.name, folder / f"annotation-{annotation_id}.json")
 
     def summary(self) -> dict[str, Any]:
-        """``{project id: AcceptanceSummary.to_dict()}`` of everything measured so far."""
+        """``{project id: AcceptanceSummary.to_dict()}`` of everything measured so far.
+
+        Each file is parsed once: later calls stat it and read it again only when it changed
+        (``/metrics`` is anyone's to request, and a project gathers one file per annotation).
+        """
         projects: dict[str, Any] = {}
         if not self.root.is_dir():
             return projects
-        for folder in sorted(self.root.glob("project-*")):
-            tasks = []
-            for path in sorted(folder.glob("annotation-*.json")):
-                try:
-                    tasks.append(TaskAcceptance.from_dict(json.loads(path.read_text())))
-                except (OSError, ValueError, TypeError):
-                    continue
-            projects[folder.name.removeprefix("project-")] = AcceptanceSummary.of(tasks).to_dict()
+        with self._parsed_lock:
+            seen: set[Path] = set()
+            for folder in sorted(self.root.glob("project-*")):
+                tasks = []
+                for path in sorted(folder.glob("annotation-*.json")):
+                    seen.add(path)
+                    result = self._read(path)
+                    if result is not None:
+                        tasks.append(result)
+                projects[folder.name.removeprefix("project-")] = AcceptanceSummary.of(tasks).to_dict()
+            for gone in self._parsed.keys() - seen:
+                del self._parsed[gone]
         return projects
+
+    def _read(self, path: Path) -> TaskAcceptance | None:
+        """The result kept in ``path``, parsed again only if its mtime or size changed (None: unreadable)."""
+        try:
+            status = path.stat()
+            stamp = (status.st_mtime_ns, status.st_size)
+            cached = self._parsed.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            result = TaskAcceptance.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            self._parsed.pop(path, None)
+            return None
+        self._parsed[path] = (stamp, result)
+        return result

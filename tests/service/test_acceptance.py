@@ -74,3 +74,33 @@ def test_other_tags_and_an_empty_annotation():
     assert list(task.counts) == ["zero-guidance"]  # class_mask is not counted when not asked for
     segment = task.counts["zero-guidance"]["segment"]
     assert (segment.deleted, segment.intersection, segment.union, segment.texts) == (2, 0, 16, 0)
+
+
+def test_the_tracker_parses_a_kept_result_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    from backend.service import feedback
+    from backend.service.feedback import AcceptanceTracker
+    from backend.service.metrics import ServiceMetrics
+
+    tracker = AcceptanceTracker(tmp_path, lambda: None, ServiceMetrics())
+    methods = {"segment": "zero-guidance", "class_mask": "classes"}
+    tracker._write(1, 10, task_acceptance(PREDICTED, ANNOTATED, methods, model_version="v1"))
+    tracker._write(1, 11, task_acceptance(PREDICTED, PREDICTED, methods, model_version="v1"))
+    parsed = []
+    original = feedback.TaskAcceptance.from_dict
+    monkeypatch.setattr(
+        feedback.TaskAcceptance, "from_dict", staticmethod(lambda data: parsed.append(data) or original(data))
+    )
+
+    first = tracker.summary()
+    assert first["1"]["tasks"] == 2 and len(parsed) == 2
+    assert tracker.summary() == first and len(parsed) == 2  # nothing changed: nothing read again
+
+    # annotation 11 updated to the edited version: that file alone is read again
+    tracker._write(1, 11, task_acceptance(PREDICTED, ANNOTATED, methods, model_version="v2"))
+    changed = tracker.summary()
+    assert len(parsed) == 3 and set(changed["1"]["model_versions"]) == {"v1", "v2"}
+
+    # a file gone is gone from the summary; a corrupt one is skipped
+    (tmp_path / "project-1" / "annotation-10.json").unlink()
+    (tmp_path / "project-1" / "annotation-12.json").write_text("{not json")
+    assert tracker.summary()["1"]["tasks"] == 1
