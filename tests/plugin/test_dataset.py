@@ -3,26 +3,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
 from plugin.dataset import ExportOptions, export_project, image_file_name, safe_name, select_annotations
 from plugin.errors import PluginError
 from tests.plugin.conftest import FakeConnection, png_bytes
+from tests.plugin.test_export_formats import brush  # a brush region as Label Studio sends it
 
 W, H = 5, 4
-
-
-def brush_item(region_id, mask):
-    return {
-        "id": region_id,
-        "from_name": "segment",
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": mask.shape[1],
-        "original_height": mask.shape[0],
-        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": ["segment"]},
-    }
 
 
 def project_client(label_config, tasks):
@@ -37,7 +25,7 @@ def test_export_writes_images_masks_and_json(tmp_path, label_config):
     mask = np.zeros((H, W), dtype=bool)
     mask[1:3, 2:5] = True
     result = [
-        brush_item("r/1", mask),
+        brush("r/1", "segment", "segment", mask),
         {"id": "r/1", "from_name": "caption", "type": "textarea", "value": {"text": ["a roof"]}},
         {"id": "r/1", "from_name": "rating", "type": "choices", "value": {"choices": ["3"]}},
     ]
@@ -94,7 +82,7 @@ def test_export_refuses_masks_of_another_size(tmp_path, label_config):
         SimpleNamespace(
             id=1,
             data={"image": "http://h/i.png"},
-            annotations=[{"id": 2, "result": [brush_item("a", np.ones((3, 3), bool))]}],
+            annotations=[{"id": 2, "result": [brush("a", "segment", "segment", np.ones((3, 3), bool))]}],
         )
     ]
     connection = FakeConnection(project_client(label_config, tasks), files={"http://h/i.png": png_bytes(W, H)})

@@ -59,7 +59,7 @@ def test_propose_labels_command(fake, tmp_path, capsys):  # noqa: F811
         task = fake.upload_image(project, f"{index}.png", b"")
         result = []
         for number, (text, mask) in enumerate(named):
-            result += [brush(f"r{number}", mask), caption(f"r{number}", text)]
+            result += [brush(f"r{number}", "segment", "segment", mask), caption(f"r{number}", text)]
         fake.predictions.append(
             {"id": 100 + index, "task": task, "project": project, "model_version": "v", "result": result}
         )

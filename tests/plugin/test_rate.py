@@ -19,7 +19,6 @@ import httpx
 import numpy as np
 import pytest
 from label_studio_sdk import LabelStudio
-from label_studio_sdk.converter.brush import mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
@@ -35,6 +34,7 @@ from plugin.rating.config import (
     rating_label_config,
     shown_definition,
 )
+from tests.plugin.test_export_formats import brush  # a brush region as Label Studio sends it
 from tests.plugin.test_rating_render import reference_segmented
 
 URL = "http://ls.test:8080"
@@ -172,18 +172,6 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def brush(region_id: str, mask: np.ndarray, control: str = "segment", label: str = "segment") -> dict:
-    return {
-        "id": region_id,
-        "from_name": control,
-        "to_name": "image",
-        "type": "brushlabels",
-        "original_width": mask.shape[1],
-        "original_height": mask.shape[0],
-        "value": {"format": "rle", "rle": mask2rle(mask.astype(np.uint8) * 255), "brushlabels": [label]},
-    }
-
-
 def caption(region_id: str, text: str) -> dict:
     return {"id": region_id, "from_name": "caption", "to_name": "image", "type": "textarea", "value": {"text": [text]}}
 
@@ -213,12 +201,12 @@ def source(fake, label_config) -> tuple[int, int]:
             "task": task_id,
             "project": project_id,
             "model_version": "old",
-            "result": [brush("old", box(0, 0, 2, 2)), caption("old", "stale")],
+            "result": [brush("old", "segment", "segment", box(0, 0, 2, 2)), caption("old", "stale")],
         }
     )
-    newest = [brush(region, mask) for region, (mask, _) in SEGMENTS.items()]
+    newest = [brush(region, "segment", "segment", mask) for region, (mask, _) in SEGMENTS.items()]
     newest += [caption(region, text) for region, (_, text) in SEGMENTS.items()]
-    newest.append(brush("c1", box(0, 0, 3, 3), control="class_mask", label="cat"))  # FMbSeg: no text
+    newest.append(brush("c1", "class_mask", "cat", box(0, 0, 3, 3)))  # FMbSeg: no text
     fake.predictions.append({"id": 9, "task": task_id, "project": project_id, "model_version": "v2", "result": newest})
     return project_id, task_id
 
@@ -343,7 +331,8 @@ def test_a_new_segment_is_added_to_every_batch_and_the_count_follows(fake, sourc
     project_id, task_id = source
     assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
     ids = setup_summary(capsys)["project_ids"]
-    newer = [brush(region, mask) for region, (mask, _) in SEGMENTS.items()] + [brush("r3", box(0, 8, 3, 12))]
+    newer = [brush(region, "segment", "segment", mask) for region, (mask, _) in SEGMENTS.items()]
+    newer.append(brush("r3", "segment", "segment", box(0, 8, 3, 12)))
     newer += [caption(region, text) for region, (_, text) in SEGMENTS.items()] + [caption("r3", "sky")]
     fake.predictions.append({"id": 12, "task": task_id, "project": project_id, "model_version": "v3", "result": newer})
     assert main(["rate", "setup", "--project", str(project_id), "--json"]) == 0
@@ -384,7 +373,7 @@ def test_setup_refuses_a_project_without_predictions(fake, label_config, capsys)
 def test_setup_refuses_predictions_without_text(fake, label_config, capsys):
     project_id = fake.add_project("Classes only", label_config)
     task_id = fake.upload_image(project_id, "a.png", png(source_image()))
-    class_mask = brush("c", box(0, 0, 2, 2), "class_mask", "cat")
+    class_mask = brush("c", "class_mask", "cat", box(0, 0, 2, 2))
     fake.predictions.append({"id": 1, "task": task_id, "project": project_id, "result": [class_mask]})
     assert main(["rate", "setup", "--project", str(project_id)]) == 2
     assert "none of the 1 predicted region(s) has a text" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_tune_thresholds_command(fake, capsys):  # noqa: F811
         task = fake.upload_image(project, f"{index}.png", b"")
         mask = np.zeros((H, W), bool)
         mask[index : index + 2] = True
-        predicted = {**brush("r", mask, label="segment 2"), "score": score}
+        predicted = {**brush("r", "segment", "segment 2", mask), "score": score}
         fake.predictions.append(
             {"id": 50 + index, "task": task, "project": project, "model_version": "v", "result": [predicted]}
         )
