@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
+# bench_fmbseg.py's COCO_LIKE (copied: the worker runs with a former revision's tree on its path)
 CLASSES = [
     "person",
     "bicycle",
